@@ -1,0 +1,253 @@
+"""Settings of a beep-mail site, from `conf/beepmail.toml` and the environment.
+
+Each setting is declared once below, with its default and its meaning. The file
+is TOML; any key can be overridden from the environment as
+`BEEPMAIL_<SECTION>__<KEY>` (upper case, nested sections joined by `__`), for
+example `BEEPMAIL_SMTP__SUBMISSION__LISTEN=0.0.0.0:587`.
+
+Relative paths are read against the site folder: the folder that holds `conf/`
+when the file lives in a folder named `conf`, otherwise the file's own folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "BEEPMAIL_"
+ENV_CONFIG = "BEEPMAIL_CONFIG"
+# Variables of ours that are not settings.
+_NOT_SETTINGS = {ENV_CONFIG}
+_NOT_SETTINGS_PREFIXES = ("BEEPMAIL_TEST_",)
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message names the key and the file."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("must be HOST:PORT, for example 127.0.0.1:2587")
+    return value
+
+
+class SiteSettings(_Section):
+    domain: str = Field("localhost", description="The mail domain this gateway serves.")
+    hostname: str = Field(
+        "localhost", description="Name announced in greetings and Received lines."
+    )
+    data_dir: Path = Field(Path("var"), description="Where the gateway keeps its files.")
+
+
+class DatabaseSettings(_Section):
+    url: str = Field(
+        "sqlite:///var/beepmail.db",
+        description="SQLAlchemy URL: sqlite:///PATH or postgresql+psycopg://...",
+    )
+
+
+class TLSSettings(_Section):
+    cert: Path = Field(Path("var/tls/cert.pem"), description="PEM certificate chain.")
+    key: Path = Field(Path("var/tls/key.pem"), description="PEM private key (mode 0600).")
+
+
+class ListenerSettings(_Section):
+    listen: str = "127.0.0.1:0"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _check_listen(value)
+
+
+class SubmissionSettings(ListenerSettings):
+    listen: str = Field("127.0.0.1:2587", description="STARTTLS, then AUTH.")
+
+
+class InboundSettings(ListenerSettings):
+    listen: str = Field("127.0.0.1:2525", description="The MX role, for peer gateways.")
+    require_tls: bool = Field(
+        False, description="Refuse MAIL FROM from peers that did not STARTTLS."
+    )
+
+
+class SMTPSettings(_Section):
+    submission: SubmissionSettings = SubmissionSettings()
+    inbound: InboundSettings = InboundSettings()
+    max_message_size: int = Field(25 * 1024 * 1024, gt=0, description="Bytes (SIZE).")
+    max_recipients: int = Field(100, gt=0, description="RCPT commands per message.")
+    max_line_length: int = Field(
+        1000, ge=100, description="Octets per line including CRLF (RFC 5321: 1000)."
+    )
+    max_sessions: int = Field(500, gt=0, description="Sessions at once, all clients.")
+    max_sessions_per_client: int = Field(
+        20, gt=0, description="Sessions at once from one client address."
+    )
+    max_mime_depth: int = Field(50, gt=0, description="Nesting levels of multiparts.")
+    timeout: float = Field(300.0, gt=0, description="Seconds of client silence.")
+    auth_max_failures: int = Field(
+        5, gt=0, description="Failed AUTHs before an account or address is throttled."
+    )
+    auth_failure_window: float = Field(
+        900.0, gt=0, description="Seconds over which AUTH failures are counted."
+    )
+    auth_failure_delay: float = Field(
+        1.0, ge=0, description="Seconds every failed AUTH waits before its reply."
+    )
+
+
+class DeliverySettings(_Section):
+    enabled: bool = Field(True, description="Run delivery workers in this process.")
+    concurrency: int = Field(8, gt=0, description="Delivery attempts at once.")
+    poll_interval: float = Field(
+        5.0, gt=0, description="Seconds between queue scans when nothing wakes us."
+    )
+    lease: float = Field(
+        300.0, gt=0, description="Seconds a claimed queue row stays ours."
+    )
+    retry_initial: float = Field(60.0, ge=0, description="First retry delay, seconds.")
+    retry_max: float = Field(3600.0, ge=0, description="Longest retry delay, seconds.")
+    lifetime: float = Field(
+        5 * 24 * 3600.0, gt=0, description="Seconds before an undelivered message bounces."
+    )
+    connect_timeout: float = Field(30.0, gt=0, description="Seconds to connect.")
+    timeout: float = Field(120.0, gt=0, description="Seconds per SMTP command.")
+    ca_file: Path | None = Field(
+        None, description="Extra CA certificates trusted for next hops (private PKI)."
+    )
+
+
+class AuthSettings(_Section):
+    argon2_time_cost: int = Field(3, gt=0)
+    argon2_memory_kib: int = Field(64 * 1024, ge=8)
+    argon2_parallelism: int = Field(1, gt=0)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    wire_trace: bool = Field(
+        False, description="Log SMTP commands and replies at DEBUG (never DATA)."
+    )
+
+
+class Settings(_Section):
+    site: SiteSettings = SiteSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    tls: TLSSettings = TLSSettings()
+    smtp: SMTPSettings = SMTPSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    auth: AuthSettings = AuthSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    # Not settings: where the file was, to resolve relative paths.
+    source: Path | None = None
+    base_dir: Path = Path(".")
+
+    def path(self, value: Path) -> Path:
+        """An absolute path for a path setting."""
+        return value if value.is_absolute() else self.base_dir / value
+
+    @property
+    def database_url(self) -> str:
+        """The database URL with a relative SQLite path made absolute."""
+        prefix = "sqlite:///"
+        url = self.database.url
+        if url.startswith(prefix) and not url.startswith(prefix + "/"):
+            rest = url[len(prefix) :]
+            if rest and rest != ":memory:":
+                return prefix + str(self.path(Path(rest)))
+        return url
+
+
+def base_dir_for(config_file: Path) -> Path:
+    folder = config_file.resolve().parent
+    return folder.parent if folder.name == "conf" else folder
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in _NOT_SETTINGS:
+            continue
+        if name.startswith(_NOT_SETTINGS_PREFIXES):
+            continue
+        keys = name[len(ENV_PREFIX) :].lower().split("__")
+        node = overrides
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return overrides
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: ValidationError, origin: str) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown setting"
+    return f"{origin}: {key}: {message}"
+
+
+def config_path(explicit: Path | None, environ: dict[str, str] | None = None) -> Path:
+    """The file named by --config, else by BEEPMAIL_CONFIG, else ./conf/beepmail.toml."""
+    environ = dict(os.environ) if environ is None else environ
+    if explicit is not None:
+        return explicit
+    if environ.get(ENV_CONFIG):
+        return Path(environ[ENV_CONFIG])
+    return Path("conf/beepmail.toml")
+
+
+def load(path: Path, environ: dict[str, str] | None = None) -> Settings:
+    """Read, merge with the environment, and validate; ConfigError names the key."""
+    environ = dict(os.environ) if environ is None else environ
+    try:
+        with path.open("rb") as stream:
+            data = tomllib.load(stream)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read: {error.strerror}") from None
+    for reserved in ("source", "base_dir"):
+        if reserved in data:
+            raise ConfigError(f"{path}: {reserved}: unknown setting")
+
+    overrides = _env_overrides(environ)
+    try:
+        Settings.model_validate(overrides)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, "environment BEEPMAIL_*")) from None
+
+    merged = _merge(data, overrides)
+    merged["source"] = path.resolve()
+    merged["base_dir"] = base_dir_for(path)
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, str(path))) from None
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)

@@ -1,0 +1,128 @@
+"""The path every accepted message takes: check, decide, stamp, commit durably.
+
+    parse -> check -> stamp (Received) -> one transaction: message + queue rows
+
+Encryption (the OpenPGP stage) will sit between stamp and commit, with a fixed
+place, so that nothing that inspects the body runs after it unknowingly. When
+`accept` returns, the message and its queue rows are committed; only then may
+the caller answer 250.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from email.utils import format_datetime
+from datetime import datetime, timezone
+
+from beep_mail import logs
+from beep_mail.config import Settings
+from beep_mail.smtp.content import check_line_endings, check_structure
+from beep_mail.store import queue as queue_store
+from beep_mail.store.engine import Database
+
+log = logging.getLogger("beepmail.pipeline")
+
+TRANSFER_HEADER = "X-Beepmail-Transfer-Id"
+_TRANSFER = re.compile(
+    rb"^" + TRANSFER_HEADER.encode() + rb":[ \t]*([A-Za-z0-9.@_-]{1,200})[ \t]*\r?$",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+@dataclass
+class Incoming:
+    """A message as the SMTP side received it, envelope already decided."""
+
+    role: str                      # "submission" or "inbound"
+    mail_from: str
+    recipients: Sequence[queue_store.NewRecipient]
+    content: bytes
+    helo: str = ""
+    client_addr: str | None = None
+    auth_user: str | None = None
+    tls: str | None = None         # the TLS version, when the session had TLS
+    queue_id: str = field(default_factory=queue_store.new_message_id)
+
+    @property
+    def direction(self) -> str:
+        if self.role == "inbound":
+            return "inbound"
+        if all(rcpt.route == "local" for rcpt in self.recipients):
+            return "local"
+        return "outbound"
+
+
+class Pipeline:
+    def __init__(self, db: Database, settings: Settings,
+                 on_queued: Callable[[], None] | None = None) -> None:
+        self.db = db
+        self.settings = settings
+        self.on_queued = on_queued or (lambda: None)
+
+    async def accept(self, incoming: Incoming) -> str:
+        """Check and durably queue the message; return its queue id.
+
+        Raises ContentError for a malformed message and StoreError when the
+        store cannot take it; in both cases nothing was committed.
+        """
+        check_line_endings(incoming.content)
+        info = check_structure(incoming.content,
+                               max_depth=self.settings.smtp.max_mime_depth)
+        transfer_id = self._transfer_id(incoming)
+        content = self._received(incoming) + incoming.content
+
+        await self.db.run(self._commit, incoming, content, info.message_id, transfer_id)
+        logs.event(log, "queued", msg=incoming.queue_id, direction=incoming.direction,
+                   size=len(content), nrcpt=len(incoming.recipients))
+        self.on_queued()
+        return incoming.queue_id
+
+    def _commit(self, engine: object, incoming: Incoming, content: bytes,
+                message_id_header: str | None, transfer_id: str | None) -> None:
+        with self.db.engine.begin() as connection:
+            queue_store.accept(
+                connection, message_id=incoming.queue_id,
+                direction=incoming.direction, mail_from=incoming.mail_from,
+                content=content, recipients=incoming.recipients,
+                lifetime=self.settings.delivery.lifetime,
+                message_id_header=(message_id_header or "")[:998] or None,
+                transfer_id=transfer_id, auth_user=incoming.auth_user,
+                client_addr=incoming.client_addr,
+            )
+
+    def _transfer_id(self, incoming: Incoming) -> str | None:
+        """The sending gateway's id for this transfer, to drop a repeated one.
+
+        Honoured only on the inbound role: a peer that delivered, crashed
+        before recording it, and delivered again sends the same id twice.
+        """
+        if incoming.role != "inbound":
+            return None
+        head = incoming.content.split(b"\r\n\r\n", 1)[0]
+        found = _TRANSFER.search(head)
+        return found.group(1).decode("ascii") if found else None
+
+    def _received(self, incoming: Incoming) -> bytes:
+        """Our trace line (RFC 5321 4.4).
+
+        For submissions it names neither the officer's address nor the
+        client's IP: peers need the path between gateways, not who sat where.
+        """
+        when = format_datetime(datetime.now(timezone.utc))
+        host = self.settings.site.hostname
+        helo = _printable(incoming.helo)[:100] or "unknown"
+        if incoming.role == "submission":
+            via = "ESMTPSA" if incoming.tls else "ESMTPA"
+            line = f"Received: by {host} with {via} id {incoming.queue_id}; {when}"
+        else:
+            via = "ESMTPS" if incoming.tls else "ESMTP"
+            line = (f"Received: from {helo} ([{incoming.client_addr}])\r\n"
+                    f"\tby {host} with {via} id {incoming.queue_id}; {when}")
+        return line.encode("ascii", "replace") + b"\r\n"
+
+
+def _printable(text: str) -> str:
+    return "".join(ch for ch in text if 33 <= ord(ch) < 127)

@@ -1,0 +1,120 @@
+"""`beepmail serve`: every listener and worker of one gateway process.
+
+Start order: database (migrated), pipeline, delivery workers, then the
+listeners, so nothing is accepted before it can be stored and delivered.
+SIGTERM or SIGINT stops accepting at once, lets open sessions and delivery
+attempts finish within a grace period, and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+
+from beep_mail import logs
+from beep_mail.config import Settings, parse_listen
+from beep_mail.crypto.passwords import Passwords
+from beep_mail.crypto.tls import server_context
+from beep_mail.pipeline import Pipeline
+from beep_mail.smtp.delivery import DeliveryAgent
+from beep_mail.smtp.handlers import InboundHandler, SubmissionHandler
+from beep_mail.smtp.server import Listener, SessionLimits
+from beep_mail.smtp.throttle import Throttle
+from beep_mail.store.engine import Database
+
+log = logging.getLogger("beepmail.service")
+
+STOP_GRACE = 30.0
+
+
+@dataclass
+class Service:
+    settings: Settings
+    listeners: dict[str, Listener] = field(default_factory=dict)
+    db: Database | None = None
+    delivery: DeliveryAgent | None = None
+    _delivery_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.db = Database(settings.database_url)
+        await asyncio.to_thread(self.db.migrate)
+
+        self.delivery = DeliveryAgent(self.db, settings)
+        pipeline = Pipeline(self.db, settings, on_queued=self.delivery.notify)
+        if settings.delivery.enabled:
+            self._delivery_task = asyncio.create_task(self.delivery.run())
+
+        tls = server_context(settings.path(settings.tls.cert),
+                             settings.path(settings.tls.key))
+        smtp = settings.smtp
+        passwords = Passwords(settings.auth.argon2_time_cost,
+                              settings.auth.argon2_memory_kib,
+                              settings.auth.argon2_parallelism)
+        throttle = Throttle(smtp.auth_max_failures, smtp.auth_failure_window)
+        options = dict(
+            hostname=settings.site.hostname, ident="beep-mail",
+            data_size_limit=smtp.max_message_size, timeout=smtp.timeout,
+            max_line_length=smtp.max_line_length, wire_trace=settings.logging.wire_trace,
+            enable_SMTPUTF8=False, decode_data=False,
+        )
+        submission = SubmissionHandler(self.db, settings, pipeline, passwords, throttle)
+        inbound = InboundHandler(self.db, settings, pipeline)
+        roles = (
+            ("submission", submission, smtp.submission.listen,
+             dict(require_starttls=True, auth_required=True, auth_require_tls=True)),
+            ("inbound", inbound, smtp.inbound.listen,
+             dict(require_starttls=False, auth_required=False, auth_require_tls=True,
+                  auth_exclude_mechanism=["LOGIN", "PLAIN"])),
+        )
+        for role, handler, listen, extra in roles:
+            host, port = parse_listen(listen)
+            limits = SessionLimits(smtp.max_sessions, smtp.max_sessions_per_client)
+            listener = Listener(role, handler, host, port, tls_context=tls,
+                                limits=limits, smtp_options={**options, **extra})
+            await listener.start()
+            self.listeners[role] = listener
+
+    def port(self, role: str) -> int:
+        return self.listeners[role].port
+
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        for listener in self.listeners.values():
+            listener.stop_accepting()
+        await asyncio.gather(*(listener.drain(grace)
+                               for listener in self.listeners.values()))
+        if self.delivery is not None:
+            await self.delivery.stop(grace)
+        if self._delivery_task is not None:
+            self._delivery_task.cancel()
+            try:
+                await self._delivery_task
+            except asyncio.CancelledError:
+                pass
+        if self.db is not None:
+            await asyncio.to_thread(self.db.close)
+
+
+async def serve(settings: Settings) -> int:
+    service = Service(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await service.start()
+    for role, listener in service.listeners.items():
+        print(f"beepmail: {role} listening on {listener.host}:{listener.port}",
+              flush=True)
+    logs.event(log, "started", delivery=settings.delivery.enabled)
+    await stop.wait()
+    logs.event(log, "stopping")
+    await service.stop()
+    logs.event(log, "stopped")
+    return 0
+
+
+def run(settings: Settings) -> int:
+    logs.setup(settings.logging.level)
+    return asyncio.run(serve(settings))

@@ -1,0 +1,399 @@
+"""Delivery workers: claim due queue rows, deliver, settle each row once.
+
+Every delivery attempt ends, per recipient, in one of three outcomes:
+delivered, temporary failure (retried with exponential backoff until the
+message's lifetime runs out), or permanent failure (a DSN, RFC 3464, goes to
+the sender's INBOX when the sender is one of our users; never to an outside
+address, so the gateway cannot be used to send back-scatter). An error we do
+not recognise is temporary.
+
+Remote delivery (RFC 5321) uses aiosmtplib. Where the domain's policy says
+`tls = "required"`, a next hop without STARTTLS or with a certificate that does
+not verify is a temporary failure, never a reason to send in clear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import aiosmtplib
+
+from beep_mail import logs
+from beep_mail.config import Settings
+from beep_mail.crypto.tls import client_context
+from beep_mail.pipeline import TRANSFER_HEADER
+from beep_mail.policy.routing import DomainTable
+from beep_mail.smtp.dsn import FailedRecipient, build_dsn
+from beep_mail.smtp.nexthop import NextHop, NextHopError, resolve
+from beep_mail.store import accounts
+from beep_mail.store import queue as queue_store
+from beep_mail.store.engine import Database, StoreError
+from beep_mail.store.queue import Claimed
+
+log = logging.getLogger("beepmail.delivery")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one recipient in one delivery attempt."""
+
+    kind: str  # "delivered", "temporary", "permanent"
+    status: str
+    reply: str
+    relay: str = ""
+
+    @classmethod
+    def from_smtp(cls, code: int, message: str, relay: str) -> Outcome:
+        text = " ".join(message.split())[:500]
+        if 200 <= code < 300:
+            return cls("delivered", "2.0.0", f"{code} {text}", relay)
+        status = _enhanced(text) or ("5.0.0" if code >= 500 else "4.0.0")
+        kind = "permanent" if code >= 500 else "temporary"
+        return cls(kind, status, f"{code} {text}", relay)
+
+
+def _enhanced(text: str) -> str | None:
+    head = text.split(" ", 1)[0]
+    parts = head.split(".")
+    if len(parts) == 3 and all(p.isdigit() for p in parts) and head[0] in "245":
+        return head
+    return None
+
+
+def worker_name() -> str:
+    """Lease owner: host and process, so a restarted host can spot its dead ones."""
+    return f"{socket.gethostname()}:{os.getpid()}:{int(time.time())}"
+
+
+def _dead_local_owner(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True  # an earlier life of this pid; the caller skips our own name
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class DeliveryAgent:
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+        self.owner = worker_name()
+        self.wake = asyncio.Event()
+        self._stopping = False
+        self._slots = asyncio.Semaphore(settings.delivery.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._domains: DomainTable | None = None
+
+    def notify(self) -> None:
+        self.wake.set()
+
+    async def run(self) -> None:
+        await self._recover_dead_leases()
+        while not self._stopping:
+            self.wake.clear()
+            claimed = await self._claim()
+            for group in _groups(claimed):
+                await self._slots.acquire()
+                task = asyncio.create_task(self._attempt(group))
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
+            if claimed and len(claimed) >= self.settings.delivery.concurrency:
+                continue
+            try:
+                await asyncio.wait_for(self.wake.wait(),
+                                       self.settings.delivery.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("event=delivery-crash owner=%s error=%s", self.owner,
+                      type(task.exception()).__name__, exc_info=task.exception())
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; let attempts in flight finish within `grace` seconds."""
+        self._stopping = True
+        self.wake.set()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _recover_dead_leases(self) -> None:
+        try:
+            owners = await self.db.run(queue_store.lease_owners)
+            dead = [owner for owner in owners if owner != self.owner
+                    and _dead_local_owner(owner)]
+            released = await self.db.run(queue_store.release_leases_of, dead)
+        except StoreError as error:
+            logs.event(log, "recover-failed", logging.WARNING, reason=str(error))
+            return
+        if released:
+            logs.event(log, "leases-recovered", rows=released, owners=len(dead))
+
+    async def _claim(self) -> list[Claimed]:
+        limit = max(1, self.settings.delivery.concurrency * 4)
+        try:
+            return await self.db.run(queue_store.claim, self.owner,
+                                     self.settings.delivery.lease, limit)
+        except StoreError as error:
+            logs.event(log, "claim-failed", logging.WARNING, reason=str(error))
+            return []
+
+    # -- one attempt --------------------------------------------------------
+
+    async def _attempt(self, rows: list[Claimed]) -> None:
+        first = rows[0]
+        token = logs.message_id.set(first.message_id)
+        try:
+            content = await self.db.run(queue_store.load_content, first.message_id)
+            if content is None:
+                outcomes = {row.id: Outcome("permanent", "5.3.0",
+                                            "message content is missing") for row in rows}
+            elif first.route == "local":
+                await self._deliver_local(rows, content)
+                return
+            else:
+                outcomes = await self._deliver_remote(rows, content)
+            await self._settle(rows, outcomes, content or b"")
+        finally:
+            logs.message_id.reset(token)
+
+    async def _deliver_local(self, rows: list[Claimed], content: bytes) -> None:
+        for row in rows:
+            key = f"t:{row.transfer_id}" if row.transfer_id else f"q:{row.id}"
+            try:
+                done = await self.db.run(queue_store.deliver_local, row, self.owner,
+                                         content, key)
+            except queue_store.QueueError:
+                outcome = Outcome("permanent", "5.1.1", "550 5.1.1 mailbox no longer exists")
+                await self._settle([row], {row.id: outcome}, content)
+                continue
+            except StoreError as error:
+                outcome = Outcome("temporary", "4.3.0", f"local store: {error}")
+                await self._settle([row], {row.id: outcome}, content)
+                continue
+            if done:
+                logs.event(log, "delivered", rcpt=row.recipient, relay="local",
+                           dsn="2.0.0", delay=f"{time.time() - row.created_at:.3f}")
+
+    async def _deliver_remote(self, rows: list[Claimed],
+                              content: bytes) -> dict[int, Outcome]:
+        domain = rows[0].domain
+        table = await self._table()
+        decision = table.decide(domain)
+        rule = decision.rule
+        if decision.route.value != "remote" or rule is None:
+            # The domain was denied after the message was accepted.
+            outcome = Outcome("permanent", "5.7.1",
+                              f"{domain} is no longer an approved correspondent domain")
+            return {row.id: outcome for row in rows}
+        try:
+            hops = await resolve(domain, rule.next_hop)
+        except NextHopError as error:
+            outcome = Outcome(error.kind, error.status, str(error))
+            return {row.id: outcome for row in rows}
+
+        last: dict[int, Outcome] = {}
+        for hop in hops:
+            last = await self._send(hop, rule.tls, rows, content)
+            if not all(o.kind == "temporary" and o.status.startswith("4.4.")
+                       for o in last.values()):
+                break  # only connection-level failures move on to the next MX
+        return last
+
+    async def _send(self, hop: NextHop, tls_policy: str, rows: list[Claimed],
+                    content: bytes) -> dict[int, Outcome]:
+        settings = self.settings.delivery
+        relay = f"{hop.host}:{hop.port}"
+        client = aiosmtplib.SMTP(
+            hostname=hop.host, port=hop.port, timeout=settings.timeout,
+            local_hostname=self.settings.site.hostname, start_tls=False,
+        )
+        try:
+            await asyncio.wait_for(client.connect(), settings.connect_timeout)
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as error:
+            return _all(rows, Outcome("temporary", "4.4.1",
+                                      f"cannot connect to {relay}: {_why(error)}", relay))
+        try:
+            failure = await self._secure(client, hop, tls_policy, relay)
+            if failure is not None:
+                return _all(rows, failure)
+            return await self._transaction(client, rows, content, relay)
+        except aiosmtplib.SMTPTimeoutError:
+            return _all(rows, Outcome("temporary", "4.4.2",
+                                      f"{relay} did not answer in time", relay))
+        except aiosmtplib.SMTPResponseException as error:
+            return _all(rows, Outcome.from_smtp(error.code, error.message, relay))
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as error:
+            return _all(rows, Outcome("temporary", "4.4.2",
+                                      f"connection to {relay} failed: {_why(error)}",
+                                      relay))
+        finally:
+            try:
+                await asyncio.wait_for(client.quit(), 5)
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+                client.close()
+
+    async def _secure(self, client: aiosmtplib.SMTP, hop: NextHop, tls_policy: str,
+                      relay: str) -> Outcome | None:
+        await client.ehlo()
+        offered = client.supports_extension("starttls")
+        if tls_policy == "required":
+            if not offered:
+                return Outcome("temporary", "4.7.5",
+                               f"{relay} does not offer STARTTLS, which is required",
+                               relay)
+            context = client_context(verify=True, ca_file=self._ca_file())
+        elif offered:
+            context = client_context(verify=False)
+        else:
+            return None
+        try:
+            await client.starttls(tls_context=context, server_hostname=hop.host)
+        except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as error:
+            return Outcome("temporary", "4.7.5",
+                           f"TLS with {relay} failed: {_why(error)}", relay)
+        return None
+
+    def _ca_file(self) -> os.PathLike[str] | None:
+        ca = self.settings.delivery.ca_file
+        return self.settings.path(ca) if ca else None
+
+    async def _transaction(self, client: aiosmtplib.SMTP, rows: list[Claimed],
+                           content: bytes, relay: str) -> dict[int, Outcome]:
+        first = rows[0]
+        await client.mail(first.mail_from)
+        outcomes: dict[int, Outcome] = {}
+        accepted: list[Claimed] = []
+        for row in rows:
+            try:
+                await client.rcpt(row.recipient)
+                accepted.append(row)
+            except aiosmtplib.SMTPRecipientRefused as error:
+                outcomes[row.id] = Outcome.from_smtp(error.code, error.message, relay)
+        if not accepted:
+            await client.rset()
+            return outcomes
+        stamp = f"{TRANSFER_HEADER}: {first.message_id}@{self.settings.site.hostname}\r\n"
+        response = await client.data(stamp.encode("ascii") + content)
+        delivered = Outcome.from_smtp(response.code, response.message, relay)
+        for row in accepted:
+            outcomes[row.id] = delivered
+        return outcomes
+
+    # -- settling -----------------------------------------------------------
+
+    async def _settle(self, rows: Sequence[Claimed], outcomes: dict[int, Outcome],
+                      content: bytes) -> None:
+        for row in rows:
+            outcome = outcomes[row.id]
+            if outcome.kind == "delivered":
+                await self.db.run(queue_store.mark_delivered, row, self.owner,
+                                  outcome.reply)
+                logs.event(log, "delivered", rcpt=row.recipient, relay=outcome.relay,
+                           dsn=outcome.status, delay=f"{time.time() - row.created_at:.3f}")
+                continue
+            retry_at = time.time() + self._backoff(row.attempts)
+            if outcome.kind == "temporary" and retry_at < row.expires_at:
+                await self.db.run(queue_store.mark_deferred, row, self.owner,
+                                  outcome.status, outcome.reply, retry_at)
+                logs.event(log, "deferred", rcpt=row.recipient, relay=outcome.relay,
+                           dsn=outcome.status, reason=outcome.reply,
+                           retry_in=f"{retry_at - time.time():.0f}")
+                continue
+            if outcome.kind == "temporary":
+                outcome = Outcome("permanent", "4.4.7",
+                                  f"gave up after {row.attempts} attempts: {outcome.reply}",
+                                  outcome.relay)
+            await self._bounce(row, outcome, content)
+
+    def _backoff(self, attempts: int) -> float:
+        settings = self.settings.delivery
+        delay: float = settings.retry_initial * (2 ** max(0, attempts - 1))
+        return float(min(delay, settings.retry_max))
+
+    async def _bounce(self, row: Claimed, outcome: Outcome, content: bytes) -> None:
+        dsn = await self._dsn_for(row, outcome, content)
+        await self.db.run(queue_store.mark_failed, row, self.owner, outcome.status,
+                          outcome.reply, dsn)
+        logs.event(log, "bounced", rcpt=row.recipient, relay=outcome.relay,
+                   dsn=outcome.status, reason=outcome.reply,
+                   notice="inbox" if dsn else "none")
+
+    async def _dsn_for(self, row: Claimed, outcome: Outcome,
+                       content: bytes) -> tuple[str, bytes] | None:
+        """A DSN for the sender's INBOX, only if the sender is one of our users."""
+        sender = row.mail_from
+        if not sender or "@" not in sender:
+            return None
+        table = await self._table()
+        if not table.is_local(sender.rpartition("@")[2]):
+            return None
+        user = await self.db.run(accounts.get_user, sender)
+        if user is None:
+            return None
+        headers = content.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+        site = self.settings.site
+        report = build_dsn(
+            reporting_mta=site.hostname, postmaster=f"postmaster@{site.domain}",
+            original_sender=sender, original_message_id=_message_id(headers),
+            queue_id=row.message_id,
+            arrival_date=datetime.fromtimestamp(row.received_at, timezone.utc),
+            recipients=[FailedRecipient(
+                address=row.recipient, status=outcome.status,
+                diagnostic=f"smtp; {outcome.reply}",
+                remote_mta=outcome.relay.rpartition(":")[0] or None,
+            )],
+            original_headers=headers,
+        )
+        return user.address, report
+
+    async def _table(self) -> DomainTable:
+        rows = await self.db.run(accounts.list_domains)
+        self._domains = DomainTable(rows)
+        return self._domains
+
+
+def _groups(rows: list[Claimed]) -> list[list[Claimed]]:
+    """One delivery attempt per message and next-hop domain; local rows alone."""
+    groups: defaultdict[tuple[str, str, str], list[Claimed]] = defaultdict(list)
+    for row in rows:
+        groups[(row.message_id, row.route, row.domain)].append(row)
+    return list(groups.values())
+
+
+def _all(rows: Sequence[Claimed], outcome: Outcome) -> dict[int, Outcome]:
+    return {row.id: outcome for row in rows}
+
+
+def _why(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return " ".join(text.split())[:200]
+
+
+def _message_id(headers: bytes) -> str | None:
+    for line in headers.split(b"\r\n"):
+        if line.lower().startswith(b"message-id:"):
+            return line.split(b":", 1)[1].strip().decode("ascii", "replace")
+    return None

@@ -1,0 +1,152 @@
+"""The schema, declared once with SQLModel; migrations are generated from it.
+
+Times are UTC seconds since the epoch (floats): they compare the same way on
+SQLite and PostgreSQL and need no time-zone handling in queries.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: int | None = Field(default=None, primary_key=True)
+    address: str = Field(unique=True, max_length=254)
+    display_name: str = Field(default="", max_length=200)
+    password_hash: str = Field(max_length=500)
+    disabled: bool = Field(default=False)
+    created_at: float
+
+
+class Domain(SQLModel, table=True):
+    """A domain we serve (role local) or correspond with (role peer).
+
+    A peer row with allowed=False is an explicit refusal that overrides a
+    wildcard admitting it.
+    """
+
+    __tablename__ = "domains"
+
+    name: str = Field(primary_key=True, max_length=256)
+    role: str = Field(default="peer", max_length=10)
+    allowed: bool = Field(default=True)
+    next_hop: str | None = Field(default=None, max_length=300)
+    tls: str = Field(default="required", max_length=20)
+    encryption: str = Field(default="required", max_length=20)
+    created_at: float
+    updated_at: float
+
+
+class Message(SQLModel, table=True):
+    """A message accepted for delivery: the content the queue rows deliver."""
+
+    __tablename__ = "messages"
+
+    id: str = Field(primary_key=True, max_length=32)
+    received_at: float
+    direction: str = Field(max_length=10)
+    mail_from: str = Field(max_length=254)
+    size: int
+    message_id_header: str | None = Field(default=None, max_length=998)
+    transfer_id: str | None = Field(default=None, max_length=300)
+    auth_user: str | None = Field(default=None, max_length=254)
+    client_addr: str | None = Field(default=None, max_length=64)
+    # Dropped once every recipient reached a final state: the queue keeps only
+    # what delivery needs.
+    content: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+
+
+class QueueEntry(SQLModel, table=True):
+    """One recipient of one message, and where its delivery stands."""
+
+    __tablename__ = "queue"
+    __table_args__ = (
+        Index("ix_queue_due", "state", "next_attempt_at"),
+        Index("ix_queue_message", "message_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(foreign_key="messages.id", max_length=32)
+    recipient: str = Field(max_length=254)
+    domain: str = Field(max_length=256)
+    route: str = Field(max_length=10)
+    state: str = Field(max_length=12)
+    attempts: int = Field(default=0)
+    created_at: float
+    next_attempt_at: float
+    expires_at: float
+    lease_owner: str | None = Field(default=None, max_length=100)
+    lease_until: float | None = None
+    last_status: str | None = Field(default=None, max_length=12)
+    last_reply: str | None = Field(default=None, max_length=1000)
+    updated_at: float
+
+
+class Mailbox(SQLModel, table=True):
+    """An IMAP folder of one user."""
+
+    __tablename__ = "mailboxes"
+    __table_args__ = (UniqueConstraint("user_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id")
+    name: str = Field(max_length=500)
+    special_use: str | None = Field(default=None, max_length=20)
+    uidvalidity: int
+    uidnext: int = Field(default=1)
+    subscribed: bool = Field(default=True)
+    created_at: float
+
+
+class MailboxEntry(SQLModel, table=True):
+    """A message in a mailbox.
+
+    delivery_key makes delivery idempotent: a delivery attempt that is
+    repeated after a crash finds its own earlier entry instead of adding a
+    second copy.
+    """
+
+    __tablename__ = "mailbox_entries"
+    __table_args__ = (
+        UniqueConstraint("mailbox_id", "uid"),
+        UniqueConstraint("user_id", "delivery_key"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    mailbox_id: int = Field(foreign_key="mailboxes.id")
+    user_id: int = Field(foreign_key="users.id")
+    uid: int
+    internal_date: float
+    size: int
+    flags: str = Field(default="", max_length=1000)
+    delivery_key: str | None = Field(default=None, max_length=400)
+    content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class AuditEvent(SQLModel, table=True):
+    """Who did what, when, from where; each row chained to the one before."""
+
+    __tablename__ = "audit_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: float
+    actor: str = Field(max_length=254)
+    action: str = Field(max_length=64)
+    target: str = Field(default="", max_length=500)
+    detail: str = Field(default="{}")
+    client_addr: str | None = Field(default=None, max_length=64)
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+metadata = SQLModel.metadata
+users = User.__table__  # type: ignore[attr-defined]
+domains = Domain.__table__  # type: ignore[attr-defined]
+messages = Message.__table__  # type: ignore[attr-defined]
+queue = QueueEntry.__table__  # type: ignore[attr-defined]
+mailboxes = Mailbox.__table__  # type: ignore[attr-defined]
+mailbox_entries = MailboxEntry.__table__  # type: ignore[attr-defined]
+audit_events = AuditEvent.__table__  # type: ignore[attr-defined]

@@ -1,0 +1,325 @@
+"""Helpers for tests: sites, gateways in a thread or a process, scripted next hops."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import smtplib
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trustme
+from aiosmtpd.smtp import SMTP as AioSMTP
+
+from beep_mail import config
+from beep_mail.crypto.passwords import Passwords
+from beep_mail.crypto.tls import write_self_signed
+from beep_mail.service import Service
+from beep_mail.store import accounts
+from beep_mail.store.engine import Database
+
+LOCAL = "ministry.gov.example"
+PEER = "peer.gov.example"
+PASSWORD = "correct horse battery"
+FAST_HASH = Passwords(time_cost=1, memory_kib=64, parallelism=1)
+
+_CA = trustme.CA()
+
+
+def next_hop_ca(folder: Path) -> Path:
+    """The CA that signed every scripted next hop's certificate."""
+    path = folder / "nexthop-ca.pem"
+    if not path.exists():
+        _CA.cert_pem.write_to_path(str(path))
+    return path
+
+
+CONFIG = """\
+[site]
+domain = "{domain}"
+hostname = "localhost"
+[database]
+url = "{url}"
+[tls]
+cert = "var/tls/cert.pem"
+key = "var/tls/key.pem"
+[smtp]
+auth_failure_delay = 0.0
+max_recipients = 5
+max_message_size = 200000
+max_sessions_per_client = 20
+[smtp.submission]
+listen = "127.0.0.1:0"
+[smtp.inbound]
+listen = "127.0.0.1:0"
+[delivery]
+poll_interval = 0.2
+retry_initial = 0.2
+retry_max = 0.5
+lease = 30
+connect_timeout = 2
+timeout = 3
+ca_file = "{ca}"
+[auth]
+argon2_time_cost = 1
+argon2_memory_kib = 64
+[logging]
+level = "DEBUG"
+"""
+
+
+@dataclass
+class Site:
+    root: Path
+    domain: str
+    config_file: Path
+    url: str
+    environ: dict[str, str] = field(default_factory=dict)
+
+    def settings(self, **overrides: str) -> config.Settings:
+        env = {**self.environ, **overrides}
+        return config.load(self.config_file, env)
+
+    def db(self) -> Database:
+        return Database(self.settings().database_url)
+
+    def add_user(self, local: str, password: str = PASSWORD) -> str:
+        address = f"{local}@{self.domain}"
+        db = self.db()
+        with db.engine.begin() as connection:
+            accounts.add_user(connection, address, local.title(), FAST_HASH.hash(password))
+        db.close()
+        return address
+
+    def allow(self, domain: str, **options: Any) -> None:
+        db = self.db()
+        with db.engine.begin() as connection:
+            accounts.put_domain(connection, domain, **options)
+        db.close()
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """What an officer's client trusts: this site's development certificate."""
+        return ssl.create_default_context(cafile=str(self.root / "var/tls/cert.pem"))
+
+
+def make_site(root: Path, url: str, domain: str = LOCAL) -> Site:
+    (root / "conf").mkdir(parents=True)
+    (root / "var" / "tls").mkdir(parents=True)
+    ca = next_hop_ca(root)
+    config_file = root / "conf" / "beepmail.toml"
+    config_file.write_text(CONFIG.format(domain=domain, url=url, ca=ca))
+    write_self_signed(root / "var/tls/cert.pem", root / "var/tls/key.pem", ["localhost"])
+    site = Site(root, domain, config_file, url)
+    db = site.db()
+    db.migrate()
+    with db.engine.begin() as connection:
+        accounts.put_domain(connection, domain, role="local", tls="opportunistic",
+                            encryption="none")
+    db.close()
+    return site
+
+
+class GatewayThread:
+    """A whole gateway (Service) on its own event loop in a thread."""
+
+    def __init__(self, settings: config.Settings) -> None:
+        self.settings = settings
+        self.service = Service(settings)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> GatewayThread:
+        self.thread.start()
+        self.call(self.service.start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.call(self.service.stop(grace=5))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def submission(self) -> int:
+        return self.service.port("submission")
+
+    @property
+    def inbound(self) -> int:
+        return self.service.port("inbound")
+
+
+def submit(site: Site, port: int, sender: str, rcpts: list[str], message: bytes,
+           password: str = PASSWORD) -> dict[str, tuple[int, bytes]]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.starttls(context=site.ssl_context())
+        client.login(sender, password)
+        return client.sendmail(sender, rcpts, message)
+
+
+def message(sender: str, rcpt: str, subject: str = "Hello", body: str = "Body text",
+            extra: str = "") -> bytes:
+    text = (f"From: {sender}\r\nTo: {rcpt}\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{time.time_ns()}@test>\r\n{extra}\r\n{body}\r\n")
+    return text.encode()
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 15, what: str = "") -> Any:
+    """Poll a condition that has no event to wait on (a database row)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        time.sleep(0.05)
+
+
+# -- scripted next hops -------------------------------------------------------
+
+class ScriptedHandler:
+    """Answers DATA from a script: each entry is a reply line or "hang"."""
+
+    def __init__(self, script: list[str]) -> None:
+        self.script = list(script)
+        self.received: list[tuple[str, list[str], bytes]] = []
+        self.attempts = 0
+        self.event = threading.Event()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.attempts += 1
+        reply = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if reply == "hang":
+            await asyncio.sleep(3600)
+        if reply.startswith("250"):
+            self.received.append((envelope.mail_from, list(envelope.rcpt_tos),
+                                  envelope.original_content))
+        self.event.set()
+        return reply
+
+
+class NextHop:
+    """An SMTP server on port 0 with a certificate from the test CA."""
+
+    def __init__(self, script: list[str], tls: bool = True) -> None:
+        self.handler = ScriptedHandler(script)
+        cert = _CA.issue_cert("localhost", "127.0.0.1")
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(self.context)
+        self.tls = tls
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.port = 0
+
+    def __enter__(self) -> NextHop:
+        self.thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        return self
+
+    async def _start(self) -> int:
+        def factory() -> AioSMTP:
+            return AioSMTP(self.handler, hostname="localhost",
+                           tls_context=self.context if self.tls else None)
+        self.server = await self.loop.create_server(factory, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        async def close() -> None:
+            self.server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    @property
+    def address(self) -> str:
+        return f"localhost:{self.port}"
+
+
+class SilentHop:
+    """Accepts TCP connections and never says a word."""
+
+    def __init__(self) -> None:
+        import socket
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+
+    def __enter__(self) -> SilentHop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    @property
+    def address(self) -> str:
+        return f"localhost:{self.port}"
+
+
+# -- gateway processes ---------------------------------------------------------
+
+LISTENING = re.compile(r"beepmail: (\w+) listening on ([\d.]+):(\d+)")
+
+
+class GatewayProcess:
+    """`beepmail serve` as a child process, for kill -9 and SIGTERM tests."""
+
+    def __init__(self, site: Site, **env: str) -> None:
+        self.site = site
+        self.env = {**os.environ, **site.environ, **env}
+        self.ports: dict[str, int] = {}
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> GatewayProcess:
+        self.log = open(self.site.root / "serve.log", "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "beep_mail", "serve", "--config",
+             str(self.site.config_file)],
+            stdout=subprocess.PIPE, stderr=self.log, text=True, env=self.env,
+        )
+        assert self.proc.stdout is not None
+        while len(self.ports) < 2:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError("gateway exited: " + self.logs()[-2000:])
+            found = LISTENING.search(line)
+            if found:
+                self.ports[found.group(1)] = int(found.group(3))
+        return self
+
+    def logs(self) -> str:
+        return (self.site.root / "serve.log").read_text()
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 20) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
+        self.log.close()

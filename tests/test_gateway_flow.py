@@ -1,0 +1,163 @@
+"""End to end through real sockets: submit, queue, deliver (locally and to a next hop)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiosmtplib
+import pytest
+from sqlalchemy import select
+
+from beep_mail.store import queue as queue_store
+from beep_mail.store.tables import mailbox_entries
+from tests.support import (PASSWORD, PEER, GatewayThread, NextHop, SilentHop, Site,
+                           message, submit, wait_for)
+
+
+def inbox(site: Site, address: str) -> list[bytes]:
+    db = site.db()
+    try:
+        with db.engine.connect() as connection:
+            from beep_mail.store.accounts import find_user
+            user = find_user(connection, address)
+            assert user is not None
+            rows = connection.execute(
+                select(mailbox_entries.c.content).where(mailbox_entries.c.user_id == user.id)
+            ).scalars().all()
+        return list(rows)
+    finally:
+        db.close()
+
+
+def states(site: Site) -> dict[str, int]:
+    db = site.db()
+    try:
+        return queue_store.depth_by_state(db.engine)
+    finally:
+        db.close()
+
+
+def test_local_delivery(site: Site) -> None:
+    alice, carol = site.add_user("alice"), site.add_user("carol")
+    with GatewayThread(site.settings()) as gateway:
+        refused = submit(site, gateway.submission, alice, [carol],
+                         message(alice, carol, body="local hello"))
+        assert refused == {}
+        got = wait_for(lambda: inbox(site, carol), what="local delivery")
+    assert len(got) == 1 and b"local hello" in got[0]
+    assert got[0].startswith(b"Received: by localhost with ESMTPSA id ")
+
+
+def test_remote_delivery_with_verified_tls(site: Site) -> None:
+    alice = site.add_user("alice")
+    with NextHop(["250 2.0.0 ok"]) as hop:
+        site.allow(PEER, next_hop=hop.address, tls="required")
+        with GatewayThread(site.settings()) as gateway:
+            submit(site, gateway.submission, alice, [f"bob@{PEER}"],
+                   message(alice, f"bob@{PEER}", body="line one\r\n.leading dot"))
+            assert hop.handler.event.wait(15)
+            wait_for(lambda: states(site)["delivered"] == 1, what="delivered state")
+    sender, rcpts, content = hop.handler.received[0]
+    assert (sender, rcpts) == (alice, [f"bob@{PEER}"])
+    assert b"\r\n.leading dot\r\n" in content
+    assert b"\n" not in content.replace(b"\r\n", b"")
+    assert b"X-Beepmail-Transfer-Id:" in content
+
+
+def test_aiosmtplib_client(site: Site) -> None:
+    alice, carol = site.add_user("alice"), site.add_user("carol")
+    with GatewayThread(site.settings()) as gateway:
+        async def send() -> None:
+            await aiosmtplib.send(
+                message(alice, carol), sender=alice, recipients=[carol],
+                hostname="127.0.0.1", port=gateway.submission, start_tls=True,
+                tls_context=site.ssl_context(), username=alice, password=PASSWORD,
+            )
+        asyncio.run(send())
+        wait_for(lambda: inbox(site, carol), what="local delivery")
+
+
+def test_temporary_then_success(site: Site) -> None:
+    alice = site.add_user("alice")
+    with NextHop(["451 4.3.0 try later", "250 2.0.0 ok"]) as hop:
+        site.allow(PEER, next_hop=hop.address, tls="required")
+        with GatewayThread(site.settings()) as gateway:
+            submit(site, gateway.submission, alice, [f"bob@{PEER}"], message(alice, "b"))
+            wait_for(lambda: states(site)["delivered"] == 1, what="delivered after retry")
+    assert hop.handler.attempts == 2
+    assert len(hop.handler.received) == 1
+
+
+def test_permanent_failure_bounces_to_sender_inbox(site: Site) -> None:
+    alice = site.add_user("alice")
+    with NextHop(["550 5.1.1 no such user here"]) as hop:
+        site.allow(PEER, next_hop=hop.address, tls="required")
+        with GatewayThread(site.settings()) as gateway:
+            submit(site, gateway.submission, alice, [f"nobody@{PEER}"],
+                   message(alice, "x", subject="Secret subject", body="Secret body"))
+            got = wait_for(lambda: inbox(site, alice), what="DSN in sender INBOX")
+    assert states(site)["failed"] == 1
+    dsn = got[0]
+    assert b"multipart/report" in dsn and b"report-type=delivery-status" in dsn
+    assert b"nobody@peer.gov.example" in dsn and b"5.1.1" in dsn
+    assert b"Secret body" not in dsn
+
+
+def test_silent_next_hop_is_retried(site: Site) -> None:
+    alice = site.add_user("alice")
+    with SilentHop() as hop:
+        site.allow(PEER, next_hop=hop.address, tls="required")
+        with GatewayThread(site.settings()) as gateway:
+            submit(site, gateway.submission, alice, [f"bob@{PEER}"], message(alice, "b"))
+            db = site.db()
+            try:
+                row = wait_for(lambda: [r for r in queue_store.list_rows(db.engine)
+                                        if r.state == "deferred"], timeout=20,
+                               what="deferred after timeout")[0]
+            finally:
+                db.close()
+    assert row.last_status is not None and row.last_status.startswith("4.")
+    assert row.attempts >= 1
+
+
+def test_tls_required_refuses_untrusted_certificate(site: Site) -> None:
+    alice = site.add_user("alice")
+    with NextHop(["250 2.0.0 ok"]) as hop:
+        site.allow(PEER, next_hop=hop.address, tls="required")
+        settings = site.settings(BEEPMAIL_DELIVERY__CA_FILE=str(site.root / "var/tls/cert.pem"))
+        with GatewayThread(settings) as gateway:
+            submit(site, gateway.submission, alice, [f"bob@{PEER}"], message(alice, "b"))
+            db = site.db()
+            try:
+                row = wait_for(lambda: [r for r in queue_store.list_rows(db.engine)
+                                        if r.state == "deferred"], what="deferred")[0]
+            finally:
+                db.close()
+    assert row.last_status == "4.7.5"
+    assert hop.handler.received == []
+
+
+def test_tls_required_refuses_plaintext_hop(site: Site) -> None:
+    alice = site.add_user("alice")
+    with NextHop(["250 2.0.0 ok"], tls=False) as hop:
+        site.allow(PEER, next_hop=hop.address, tls="required")
+        with GatewayThread(site.settings()) as gateway:
+            submit(site, gateway.submission, alice, [f"bob@{PEER}"], message(alice, "b"))
+            db = site.db()
+            try:
+                wait_for(lambda: [r for r in queue_store.list_rows(db.engine)
+                                  if r.state == "deferred" and r.last_status == "4.7.5"],
+                         what="deferred for missing STARTTLS")
+            finally:
+                db.close()
+    assert hop.handler.received == []
+
+
+@pytest.mark.parametrize("unused", [None])
+def test_opportunistic_plaintext_hop_delivers(site: Site, unused: None) -> None:
+    alice = site.add_user("alice")
+    with NextHop(["250 2.0.0 ok"], tls=False) as hop:
+        site.allow(PEER, next_hop=hop.address, tls="opportunistic")
+        with GatewayThread(site.settings()) as gateway:
+            submit(site, gateway.submission, alice, [f"bob@{PEER}"], message(alice, "b"))
+            assert hop.handler.event.wait(15)
