@@ -53,6 +53,10 @@ class DatabaseSettings(_Section):
         "sqlite:///var/beepmail.db",
         description="SQLAlchemy URL: sqlite:///PATH or postgresql+psycopg://...",
     )
+    max_size_mb: int = Field(
+        0, ge=0, description="SQLite only: refuse new mail (452 4.3.1) when the "
+        "database file would grow past this many MiB; 0 means no limit.",
+    )
 
 
 class TLSSettings(_Section):

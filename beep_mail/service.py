@@ -39,7 +39,7 @@ class Service:
 
     async def start(self) -> None:
         settings = self.settings
-        self.db = Database(settings.database_url)
+        self.db = Database(settings.database_url, settings.database.max_size_mb)
         await asyncio.to_thread(self.db.migrate)
 
         self.delivery = DeliveryAgent(self.db, settings)

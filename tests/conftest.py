@@ -34,10 +34,12 @@ def _pg_database() -> Iterator[str]:
         yield url
     finally:
         with admin.connect() as connection:
-            connection.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = :name AND pid <> pg_backend_pid()"), {"name": name})
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            # Tests that run a second gateway give it "<name>_peer".
+            for db in (name, f"{name}_peer"):
+                connection.execute(text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"), {"name": db})
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{db}"'))
         admin.dispose()
 
 

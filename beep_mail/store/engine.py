@@ -49,23 +49,30 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    # Take over transaction control from the sqlite3 module, so that BEGIN
-    # IMMEDIATE below is what starts every transaction.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
+def _sqlite_pragmas(max_size_mb: int) -> Callable[[Any, Any], None]:
+    def connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take over transaction control from the sqlite3 module, so that BEGIN
+        # IMMEDIATE below is what starts every transaction.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        if max_size_mb:
+            page_size = cursor.execute("PRAGMA page_size").fetchone()[0]
+            pages = max_size_mb * 1024 * 1024 // page_size
+            cursor.execute(f"PRAGMA max_page_count={int(pages)}")
+        cursor.close()
+
+    return connect
 
 
 def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, max_size_mb: int = 0) -> Engine:
     """An engine for this URL, with SQLite's directory created and pragmas set."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -74,7 +81,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 5.0}
         )
-        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "connect", _sqlite_pragmas(max_size_mb))
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
@@ -114,9 +121,9 @@ def upgrade(engine: Engine) -> None:
 class Database:
     """The engine plus the threads that run blocking calls for the event loop."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, max_size_mb: int = 0) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, max_size_mb)
         workers = 1 if is_sqlite(self.engine) else 8
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="db")
 

@@ -1,0 +1,89 @@
+"""Two gateways, two ministries: mail goes both ways over verified TLS, once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+
+from beep_mail.store.accounts import find_user
+from beep_mail.store.tables import mailbox_entries
+from tests.support import LOCAL, PEER, GatewayThread, Site, make_site, message, submit, wait_for
+
+
+def _inbox(site: Site, address: str) -> list[bytes]:
+    db = site.db()
+    try:
+        with db.engine.connect() as connection:
+            user = find_user(connection, address)
+            assert user is not None
+            query = select(mailbox_entries.c.content).where(
+                mailbox_entries.c.user_id == user.id)
+            return list(connection.execute(query).scalars())
+    finally:
+        db.close()
+
+
+def test_two_gateways_exchange_mail(site: Site, tmp_path: Path) -> None:
+    ours = site
+    theirs = make_site(tmp_path / "peer", ours.url.replace("beepmail.db", "peer.db")
+                       if ours.url.startswith("sqlite") else _second_pg(ours.url),
+                       domain=PEER)
+    alice = ours.add_user("alice")
+    bob = theirs.add_user("bob")
+
+    # Each trusts the other's certificate, as a pinned private PKI would.
+    ours_settings = ours.settings(
+        BEEPMAIL_DELIVERY__CA_FILE=str(theirs.root / "var/tls/cert.pem"))
+    theirs_settings = theirs.settings(
+        BEEPMAIL_DELIVERY__CA_FILE=str(ours.root / "var/tls/cert.pem"))
+    with GatewayThread(ours_settings) as a, GatewayThread(theirs_settings) as b:
+        ours.allow(PEER, next_hop=f"localhost:{b.inbound}", tls="required")
+        theirs.allow(LOCAL, next_hop=f"localhost:{a.inbound}", tls="required")
+
+        submit(ours, a.submission, alice, [bob],
+               message(alice, bob, subject="Minutes", body="From A to B"))
+        got = wait_for(lambda: _inbox(theirs, bob), what="mail at the peer")
+        submit(theirs, b.submission, bob, [alice],
+               message(bob, alice, subject="Re: Minutes", body="From B to A"))
+        back = wait_for(lambda: _inbox(ours, alice), what="reply at home")
+
+    assert len(got) == 1 and b"From A to B" in got[0]
+    assert len(back) == 1 and b"From B to A" in back[0]
+    # The peer's trace shows it came in over TLS from our gateway.
+    assert b"with ESMTPS id" in got[0]
+
+
+def _second_pg(url: str) -> str:
+    """The peer's store: a schema of its own in a second fresh database."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = make_url(url).database + "_peer"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def test_repeated_transfer_is_stored_once(site: Site) -> None:
+    """A peer that crashed after our 250 sends the same transfer again: one copy."""
+    import smtplib
+
+    carol = site.add_user("carol")
+    site.allow(PEER, next_hop="localhost:1", tls="required")
+    body = message(f"bob@{PEER}", carol, body="sent twice")
+    stamped = b"X-Beepmail-Transfer-Id: 0A1B2C3D4E5F@mx.peer.gov.example\r\n" + body
+    with GatewayThread(site.settings()) as gateway:
+        for _ in range(2):
+            with smtplib.SMTP("127.0.0.1", gateway.inbound, timeout=10) as client:
+                client.sendmail(f"bob@{PEER}", [carol], stamped)
+        db = site.db()
+        try:
+            from beep_mail.store import queue as queue_store
+            wait_for(lambda: queue_store.depth_by_state(db.engine)["delivered"] == 2,
+                     what="both transfers settled")
+        finally:
+            db.close()
+    assert len(_inbox(site, carol)) == 1
