@@ -100,7 +100,7 @@ def _certificate(
 ) -> x509.Certificate:
     """Build and sign the certificate with its own key."""
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     public = key.public_key()
 
     builder = (
@@ -186,7 +186,9 @@ def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
     return context
 
 
-def client_context(*, verify: bool = True, ca_file: Path | None = None) -> ssl.SSLContext:
+def client_context(
+    *, verify: bool = True, ca_file: Path | None = None
+) -> ssl.SSLContext:
     """Return the context for delivery to the next hop.
 
     With `verify` (the default) the next hop must present a certificate that a
@@ -214,4 +216,6 @@ def _trust(context: ssl.SSLContext, ca_file: Path) -> None:
     try:
         context.load_verify_locations(cafile=ca_file)
     except (OSError, ssl.SSLError) as exc:
-        raise TLSMaterialError(f"cannot read authorities from {ca_file}: {exc}") from exc
+        raise TLSMaterialError(
+            f"cannot read authorities from {ca_file}: {exc}"
+        ) from exc

@@ -32,7 +32,8 @@ from email.parser import BytesParser
 from email.policy import compat32
 from functools import lru_cache
 
-_BARE_LF = re.compile(rb"(?<!\r)\n")
+# Literal first, look behind after: the regex engine then skips ahead quickly.
+_BARE_LF = re.compile(rb"\n(?<!\r\n)")
 _BARE_CR = re.compile(rb"\r(?!\n)")
 # A line the stdlib parser does not take for a header field ends the section.
 _NOT_A_FIELD = re.compile(rb"^(?!From |[\x21-\x39\x3b-\x7e]*:|[ \t])", re.MULTILINE)
@@ -120,8 +121,9 @@ class _Level:
 class _Walk:
     """The state of one structure check: an explicit stack, never recursion."""
 
-    def __init__(self, data: bytes, max_depth: int, max_parts: int,
-                 max_header: int) -> None:
+    def __init__(
+        self, data: bytes, max_depth: int, max_parts: int, max_header: int
+    ) -> None:
         self.data = data
         self.max_depth = max_depth
         self.max_parts = max_parts
@@ -170,7 +172,7 @@ class _Walk:
     def close_or_open(self, match: re.Match[bytes]) -> int:
         """Act on a delimiter line; return where the walk goes on."""
         index, closing = self.owner(match)
-        del self.stack[index + 1:]  # an outer delimiter ends the inner parts
+        del self.stack[index + 1 :]  # an outer delimiter ends the inner parts
         if closing:
             self.stack.pop()
             return _next_line(self.data, match.end())
@@ -207,7 +209,7 @@ class _Walk:
         first: tuple[_Header, Message] | None = None
         while True:
             header = self.header_at(start)
-            fields = _fields(self.data[header.start:header.end], digest)
+            fields = _fields(self.data[header.start : header.end], digest)
             first = first or (header, fields)
             self.count_part()
 

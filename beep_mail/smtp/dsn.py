@@ -30,7 +30,7 @@ import secrets
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 
 ACTIONS = ("failed", "delayed")
@@ -92,21 +92,24 @@ _WAIT = "Nothing for now: you will get another notice if the gateway gives up."
 
 # Keyed by the subject and detail of an RFC 3463 code: "1.1" stands for X.1.1.
 _ADVICE_BY_DETAIL = {
-    "1.1": _Advice("the address does not exist at the receiving organisation",
-                   _CHECK_ADDRESS),
-    "1.2": _Advice("the recipient's domain does not exist or does not receive mail",
-                   _CHECK_ADDRESS),
+    "1.1": _Advice(
+        "the address does not exist at the receiving organisation", _CHECK_ADDRESS
+    ),
+    "1.2": _Advice(
+        "the recipient's domain does not exist or does not receive mail", _CHECK_ADDRESS
+    ),
     "1.3": _Advice("the address is not written correctly", _CHECK_ADDRESS),
     "1.10": _Advice("the recipient's domain does not receive mail", _CHECK_ADDRESS),
     "2.1": _Advice("the recipient's mailbox is disabled", _OTHER_WAY),
     "2.2": _Advice("the recipient's mailbox is full", _OTHER_WAY),
-    "2.3": _Advice("the message is larger than the recipient's mailbox accepts",
-                   _SMALLER),
-    "3.4": _Advice("the message is larger than the receiving server accepts",
-                   _SMALLER),
+    "2.3": _Advice(
+        "the message is larger than the recipient's mailbox accepts", _SMALLER
+    ),
+    "3.4": _Advice("the message is larger than the receiving server accepts", _SMALLER),
     "4.7": _Advice("the message could not be delivered in the time allowed", _LATER),
-    "7.1": _Advice("the receiving organisation does not accept this message from us",
-                   _ADMIN),
+    "7.1": _Advice(
+        "the receiving organisation does not accept this message from us", _ADMIN
+    ),
 }
 
 # Keyed by the subject alone, for the details the table above does not name.
@@ -149,12 +152,13 @@ def build_dsn(
     or a date without a time zone.
     """
     _check_request(original_sender, arrival_date, recipients, now)
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     host = _clean(reporting_mta, _MAX_HOST)
     message_id = _message_id(original_message_id)
 
-    notice = _notice(host, message_id, _clean(queue_id, _MAX_HOST), arrival_date,
-                     recipients)
+    notice = _notice(
+        host, message_id, _clean(queue_id, _MAX_HOST), arrival_date, recipients
+    )
     status = _delivery_status(host, arrival_date, recipients)
     headers = _header_copy(original_headers)
     parts = [notice, status, headers]
@@ -241,7 +245,7 @@ def _server_reply(diagnostic: str) -> str:
     """Drop the RFC 3464 diagnostic type ("smtp;") for the human reader."""
     text = _clean(diagnostic, _MAX_TEXT)
     match = _DIAGNOSTIC_TYPE.match(text)
-    return text[match.end():].strip() if match else text
+    return text[match.end() :].strip() if match else text
 
 
 def _notice(
@@ -300,13 +304,14 @@ def _notice_recipient(recipient: FailedRecipient) -> list[str]:
     lines = [f"To: {_clean(recipient.address, _MAX_ADDRESS)}"]
     lines += _wrap(f"What happened: {happened}", indent="  ")
     if recipient.remote_mta:
-        lines += _wrap(f"Receiving server: {_clean(recipient.remote_mta, _MAX_HOST)}",
-                       indent="  ")
+        lines += _wrap(
+            f"Receiving server: {_clean(recipient.remote_mta, _MAX_HOST)}", indent="  "
+        )
     reply = _server_reply(recipient.diagnostic)
     if reply:
         lines += _wrap(f"It answered: {reply}", indent="  ")
     lines += _wrap(f"What to do: {todo}", indent="  ")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _wrap(text: str, indent: str = "") -> list[str]:
@@ -326,8 +331,10 @@ def _delivery_status(
 ) -> str:
     """Write the message/delivery-status part (RFC 3464, section 2)."""
     groups = [
-        [f"Reporting-MTA: dns; {host}",
-         f"Arrival-Date: {format_datetime(arrival_date)}"]
+        [
+            f"Reporting-MTA: dns; {host}",
+            f"Arrival-Date: {format_datetime(arrival_date)}",
+        ]
     ]
     for recipient in recipients:
         groups.append(_recipient_fields(recipient))
@@ -376,7 +383,7 @@ def _fold(line: str) -> list[str]:
     rest = line[_MAX_LINE:]
     while rest:
         pieces.append(" " + rest[: _MAX_LINE - 1])
-        rest = rest[_MAX_LINE - 1:]
+        rest = rest[_MAX_LINE - 1 :]
     return pieces
 
 
