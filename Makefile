@@ -27,6 +27,7 @@ run: install
 	@scripts/demo-site.sh $(BIN) $(DEMO)
 
 test: install system-deps
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install

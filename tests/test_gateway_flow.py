@@ -161,3 +161,27 @@ def test_opportunistic_plaintext_hop_delivers(site: Site, unused: None) -> None:
         with GatewayThread(site.settings()) as gateway:
             submit(site, gateway.submission, alice, [f"bob@{PEER}"], message(alice, "b"))
             assert hop.handler.event.wait(15)
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+def test_swaks_stock_client(sqlite_site: Site, mechanism: str) -> None:
+    """swaks, as an administrator would try a new gateway: STARTTLS, AUTH, send."""
+    import shutil
+    import subprocess
+
+    swaks = shutil.which("swaks")
+    if swaks is None:
+        pytest.skip("swaks is not installed (make system-deps installs it)")
+    site = sqlite_site
+    alice, carol = site.add_user("alice"), site.add_user("carol")
+    with GatewayThread(site.settings()) as gateway:
+        done = subprocess.run(
+            [swaks, "--server", f"127.0.0.1:{gateway.submission}", "--tls",
+             "--auth", mechanism, "--auth-user", alice, "--auth-password", PASSWORD,
+             "--from", alice, "--to", carol, "--header", "Subject: from swaks"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0, done.stdout[-2000:]
+        assert "250 2.0.0 Accepted, queued as" in done.stdout
+        got = wait_for(lambda: inbox(site, carol), what="swaks message delivered")
+    assert b"Subject: from swaks" in got[0]

@@ -23,6 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import datetime, timezone
 
 import aiosmtplib
@@ -276,7 +277,7 @@ class DeliveryAgent:
                            f"TLS with {relay} failed: {_why(error)}", relay)
         return None
 
-    def _ca_file(self) -> os.PathLike[str] | None:
+    def _ca_file(self) -> Path | None:
         ca = self.settings.delivery.ca_file
         return self.settings.path(ca) if ca else None
 

@@ -17,8 +17,9 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, or_, select, update
+from sqlalchemy import Connection, Engine, Select, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from beep_mail.store.tables import mailbox_entries, mailboxes, messages, queue, users
@@ -265,7 +266,7 @@ def _row(r: object) -> QueueRow:
     return QueueRow(*(getattr(r, name) for name in QueueRow.__dataclass_fields__))
 
 
-def _listing() -> select:  # type: ignore[type-arg]
+def _listing() -> Select[Any]:
     return (select(queue, messages.c.mail_from, messages.c.size)
             .join(messages, messages.c.id == queue.c.message_id))
 
