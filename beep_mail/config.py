@@ -136,6 +136,19 @@ class AuthSettings(_Section):
     argon2_parallelism: int = Field(1, gt=0)
 
 
+class KeysSettings(_Section):
+    algorithm: Literal["curve25519", "rsa3072"] = Field(
+        "curve25519", description="Algorithm of new domain and user keys."
+    )
+    expires_days: int = Field(
+        730, ge=0, description="Validity of new domain and user keys; 0 for none."
+    )
+    site_secret: Path = Field(
+        Path("var/keys/site.secret"),
+        description="File (mode 0600) whose secret locks the domain keys in the store.",
+    )
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     wire_trace: bool = Field(
@@ -150,6 +163,7 @@ class Settings(_Section):
     smtp: SMTPSettings = SMTPSettings()
     delivery: DeliverySettings = DeliverySettings()
     auth: AuthSettings = AuthSettings()
+    keys: KeysSettings = KeysSettings()
     logging: LoggingSettings = LoggingSettings()
 
     # Not settings: where the file was, to resolve relative paths.

@@ -51,6 +51,10 @@ SECTION_NOTES: dict[str, str] = {
         "Password hashing with Argon2id. Each hash records its own costs, so "
         "raising them later keeps existing passwords valid."
     ),
+    "keys": (
+        "OpenPGP keys the gateway makes: a domain key per local domain (signs "
+        "outbound mail, decrypts inbound) and a key per user (mail at rest)."
+    ),
     "logging": "What the gateway logs. Message content and passwords never are.",
 }
 

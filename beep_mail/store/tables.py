@@ -6,7 +6,7 @@ SQLite and PostgreSQL and need no time-zone handling in queries.
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -55,8 +55,11 @@ class Message(SQLModel, table=True):
     auth_user: str | None = Field(default=None, max_length=254)
     client_addr: str | None = Field(default=None, max_length=64)
     # Dropped once every recipient reached a final state: the queue keeps only
-    # what delivery needs.
+    # what delivery needs. `content` is what goes to next hops (PGP/MIME when
+    # the policy says so); `local_content` is what local recipients get, sealed
+    # to their keys and the recovery key, so the queue holds no plaintext.
     content: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    local_content: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
 
 
 class QueueEntry(SQLModel, table=True):
@@ -95,7 +98,8 @@ class Mailbox(SQLModel, table=True):
     user_id: int = Field(foreign_key="users.id")
     name: str = Field(max_length=500)
     special_use: str | None = Field(default=None, max_length=20)
-    uidvalidity: int
+    # IMAP wants it to grow; seconds since the epoch pass 2**31 in 2038.
+    uidvalidity: int = Field(sa_column=Column(BigInteger, nullable=False))
     uidnext: int = Field(default=1)
     subscribed: bool = Field(default=True)
     created_at: float
@@ -126,6 +130,47 @@ class MailboxEntry(SQLModel, table=True):
     content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
+class Key(SQLModel, table=True):
+    """An OpenPGP key the gateway uses or trusts.
+
+    kind: "domain" (ours: signs outbound, decrypts inbound), "user" (a local
+    user's, secret locked by the user's password), "peer" (a correspondent's
+    public key, for an address or a whole domain), "recovery" (the
+    organisation's; public part only, the secret is kept off the gateway).
+    state: "active", "pending" (arrived for a pinned peer, waits for an
+    administrator), "retired", "revoked".
+    """
+
+    __tablename__ = "keys"
+    __table_args__ = (
+        UniqueConstraint("kind", "owner", "fingerprint"),
+        Index("ix_keys_owner", "kind", "owner", "state"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=10)
+    owner: str = Field(max_length=256)
+    fingerprint: str = Field(max_length=64)
+    state: str = Field(default="active", max_length=10)
+    pinned: bool = Field(default=False)
+    public_key: str = Field(sa_column=Column(Text, nullable=False))
+    secret_key: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: float
+    expires_at: float | None = None
+    updated_at: float
+
+
+class MailboxKey(SQLModel, table=True):
+    """A user's symmetric mailbox key, wrapped to the user's key and the recovery key."""
+
+    __tablename__ = "mailbox_keys"
+
+    user_id: int = Field(foreign_key="users.id", primary_key=True)
+    wrapped: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    user_key: str = Field(max_length=64)
+    created_at: float
+
+
 class AuditEvent(SQLModel, table=True):
     """Who did what, when, from where; each row chained to the one before."""
 
@@ -136,7 +181,7 @@ class AuditEvent(SQLModel, table=True):
     actor: str = Field(max_length=254)
     action: str = Field(max_length=64)
     target: str = Field(default="", max_length=500)
-    detail: str = Field(default="{}")
+    detail: str = Field(default="{}", sa_column=Column(Text, nullable=False))
     client_addr: str | None = Field(default=None, max_length=64)
     prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64)
@@ -150,3 +195,5 @@ queue = QueueEntry.__table__  # type: ignore[attr-defined]
 mailboxes = Mailbox.__table__  # type: ignore[attr-defined]
 mailbox_entries = MailboxEntry.__table__  # type: ignore[attr-defined]
 audit_events = AuditEvent.__table__  # type: ignore[attr-defined]
+keys = Key.__table__  # type: ignore[attr-defined]
+mailbox_keys = MailboxKey.__table__  # type: ignore[attr-defined]
