@@ -36,6 +36,8 @@ log = logging.getLogger("beepmail.smtp")
 
 # How long a snapshot of the domain table is trusted before it is read again.
 DOMAIN_CACHE_SECONDS = 2.0
+# How aiosmtpd spells the null reverse-path of a bounce in envelope.mail_from.
+NULL_PATH = "<>"
 
 
 class _Shared:
@@ -71,8 +73,9 @@ class BaseHandler:
     def _refuse(self, server: Any, reply: Reply, action: str, **detail: object) -> str:
         """Log and audit a policy refusal; return the reply to send."""
         client = getattr(server, "client_address", None)
+        fields: dict[str, Any] = {k: v for k, v in detail.items() if k != "user"}
         logs.event(log, "refused", role=self.role, dsn=reply.status, reason=action,
-                   **{k: v for k, v in detail.items() if k != "user"})
+                   **fields)
         actor = str(detail.get("user") or f"smtp:{client}")
         asyncio.get_running_loop().create_task(self._audit(actor, action, detail, client))
         return str(reply)
@@ -92,6 +95,8 @@ class BaseHandler:
     async def handle_EHLO(self, server: Any, session: Session, envelope: Envelope,
                           hostname: str, responses: list[str]) -> list[str]:
         session.host_name = hostname
+        # aiosmtpd offers "AUTH" even with every mechanism excluded (inbound).
+        responses = [line for line in responses if line.rstrip() != "250-AUTH"]
         responses.insert(-1, "250-ENHANCEDSTATUSCODES")
         return responses
 
@@ -138,7 +143,7 @@ class BaseHandler:
         envelope.original_content = envelope.content = None  # one copy is enough
         ssl_object = (session.ssl or {}).get("ssl_object")
         incoming = Incoming(
-            role=self.role, mail_from=envelope.mail_from or "", recipients=rcpts,
+            role=self.role, mail_from=_reverse_path(envelope), recipients=rcpts,
             content=content, helo=session.host_name or "",
             client_addr=getattr(server, "client_address", None),
             auth_user=getattr(session, "beep_user", None),
@@ -161,7 +166,8 @@ class BaseHandler:
     def _start_message(self, envelope: Envelope, sender: str) -> None:
         from beep_mail.store.queue import new_message_id
 
-        envelope.mail_from = sender
+        # aiosmtpd wants a true mail_from before RCPT; "<>" is its null path.
+        envelope.mail_from = sender or NULL_PATH
         envelope.beep_rcpts = []  # type: ignore[attr-defined]
         envelope.beep_queue_id = new_message_id()  # type: ignore[attr-defined]
         logs.message_id.set(envelope.beep_queue_id)  # type: ignore[attr-defined]
@@ -220,7 +226,10 @@ class SubmissionHandler(BaseHandler):
         account_key, client_key = f"user:{login}", f"addr:{client}"
         if self.throttle.blocked(account_key, client_key):
             self._refuse(server, replies.AUTH_THROTTLED, "auth-throttled", user=login)
-            return AuthResult(success=False, message=str(replies.AUTH_THROTTLED))
+            # handled=False: aiosmtpd then sends `message`; by default it sends
+            # nothing and the client waits for a reply that never comes.
+            return AuthResult(success=False, handled=False,
+                              message=str(replies.AUTH_THROTTLED))
 
         user = await self.shared.user(login)
         ok = user is not None and not user.disabled and await asyncio.to_thread(
@@ -229,7 +238,8 @@ class SubmissionHandler(BaseHandler):
             self.throttle.fail(account_key, client_key)
             self._refuse(server, replies.AUTH_FAILED, "auth-failed", user=login)
             await asyncio.sleep(self.settings.smtp.auth_failure_delay)
-            return AuthResult(success=False, message=str(replies.AUTH_FAILED))
+            return AuthResult(success=False, handled=False,
+                              message=str(replies.AUTH_FAILED))
 
         assert user is not None
         self.throttle.succeed(account_key)
@@ -309,6 +319,12 @@ class InboundHandler(BaseHandler):
             reply = replies.RELAY_DENIED.format(domain=rcpt.domain)
             return self._refuse(server, reply, "relay-denied", rcpt=rcpt.key)
         return await self._local_recipient(server, rcpt, None)
+
+
+def _reverse_path(envelope: Envelope) -> str:
+    """MAIL FROM as stored: the empty string for the null path."""
+    sender = envelope.mail_from or ""
+    return "" if sender == NULL_PATH else sender
 
 
 def _b64(text: str) -> bytes | None:

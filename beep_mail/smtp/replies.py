@@ -77,6 +77,22 @@ TOO_MANY_RECIPIENTS = Reply(
 )
 NEED_RECIPIENT = Reply(503, "5.5.1", "Give at least one recipient (RCPT TO) first")
 
+# OpenPGP policy.
+NO_KEY = Reply(
+    550, "5.7.1", "No encryption key is known for {address}, so the message cannot be "
+    "sent securely; ask your administrator to import that ministry's key"
+)
+MIXED_PLAIN = Reply(
+    452, "4.5.3", "{address} receives mail unencrypted; send it a separate message"
+)
+MUST_ENCRYPT = Reply(
+    550, "5.7.1", "Mail from {domain} must be encrypted and signed with OpenPGP"
+)
+BAD_SIGNATURE = Reply(
+    550, "5.7.7", "The OpenPGP signature could not be verified ({state})"
+)
+UNDECRYPTABLE = Reply(554, "5.7.5", "The encrypted message could not be opened: {reason}")
+
 # The message.
 TOO_BIG = Reply(552, "5.3.4", "The message is larger than the limit of {limit} bytes")
 LINE_TOO_LONG = Reply(
@@ -113,7 +129,7 @@ _REWRITES: tuple[tuple[re.Pattern[str], Reply], ...] = (
 
 _DEFAULT_STATUS = {2: "2.0.0", 3: "", 4: "4.0.0", 5: "5.0.0"}
 _BY_CODE = {500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4",
-            421: "4.4.2", 554: "5.0.0", 221: "2.0.0"}
+            555: "5.5.4", 421: "4.4.2", 554: "5.0.0", 221: "2.0.0"}
 
 
 def rewrite(line: str, **values: object) -> str:

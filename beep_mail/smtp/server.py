@@ -87,7 +87,7 @@ class GatewaySMTP(SMTP):
         if refusal is not None:
             logs.event(log, "refused", role=self.role, client=self.client_address,
                        dsn=refusal.status, reason=refusal.text)
-            transport.write(f"{refusal}\r\n".encode("ascii"))
+            transport.write(f"{refusal}\r\n".encode("ascii"))  # type: ignore[attr-defined]
             transport.close()
             return
         self._admitted = True
@@ -109,7 +109,7 @@ class GatewaySMTP(SMTP):
     def eof_received(self) -> bool | None:
         if not self._admitted:
             return False
-        return super().eof_received()  # type: ignore[no-any-return]
+        return super().eof_received()
 
     # -- replies ----------------------------------------------------------
 
@@ -139,7 +139,9 @@ class GatewaySMTP(SMTP):
             if char == '"':
                 quoted = not quoted
             elif char == ">" and not quoted:
-                return text[1:index], text[index + 1 :]
+                # aiosmtpd answers an empty path with 501; "<>" is the null
+                # reverse-path (RFC 5321 4.5.5), which the handlers decide on.
+                return text[1:index] or "<>", text[index + 1 :]
         return None, None
 
     async def smtp_EHLO(self, hostname: str) -> None:
@@ -159,8 +161,8 @@ class GatewaySMTP(SMTP):
 
     async def say_goodbye(self) -> None:
         """Tell an idle client we are stopping, then close."""
-        if self.transport is None:
-            return
+        if self.transport is None or self.transport.is_closing():
+            return  # e.g. after QUIT, waiting for the client's TLS close
         try:
             await self.push(str(replies.SHUTTING_DOWN))
         except (ConnectionError, RuntimeError):
