@@ -45,7 +45,6 @@ class SiteSettings(_Section):
     hostname: str = Field(
         "localhost", description="Name announced in greetings and Received lines."
     )
-    data_dir: Path = Field(Path("var"), description="Where the gateway keeps its files.")
 
 
 class DatabaseSettings(_Section):
@@ -92,7 +91,7 @@ class SMTPSettings(_Section):
     max_line_length: int = Field(
         1000, ge=100, description="Octets per line including CRLF (RFC 5321: 1000)."
     )
-    max_sessions: int = Field(500, gt=0, description="Sessions at once, all clients.")
+    max_sessions: int = Field(500, gt=0, description="Sessions at once on each listener, all clients.")
     max_sessions_per_client: int = Field(
         20, gt=0, description="Sessions at once from one client address."
     )
@@ -152,7 +151,7 @@ class KeysSettings(_Section):
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     wire_trace: bool = Field(
-        False, description="Log SMTP commands and replies at DEBUG (never DATA)."
+        False, description="Log every SMTP reply at DEBUG (never message content)."
     )
 
 

@@ -51,5 +51,6 @@ def setup(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # aiosmtpd logs peers and, at DEBUG, raw lines: ours say it better.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("aiosmtplib").setLevel(logging.WARNING)

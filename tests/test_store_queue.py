@@ -735,3 +735,15 @@ def test_a_local_domain_cannot_become_a_peer(db: Database) -> None:
         domain = accounts.get_domain(connection, LOCAL)
     assert domain is not None
     assert (domain.role, domain.encryption) == ("local", "none")
+
+
+def test_sqlite_file_is_private(tmp_path: Path) -> None:
+    """The database holds password hashes: only its owner may read it."""
+    path = tmp_path / "fresh" / "beepmail.db"
+    db = Database(f"sqlite:///{path}")
+    try:
+        db.migrate()
+    finally:
+        db.close()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700

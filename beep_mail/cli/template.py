@@ -68,7 +68,6 @@ FIELD_NOTES: dict[str, str] = {
 
 # A second sentence that helps with filling the value in.
 EXTRA_NOTES: dict[str, str] = {
-    "site.data_dir": "Relative to the site folder.",
     "smtp.max_message_size": "The largest message accepted; 26214400 is 25 MiB.",
     "smtp.submission.listen": "HOST:PORT; 0.0.0.0:587 serves every interface.",
     "smtp.inbound.listen": "HOST:PORT; 0.0.0.0:25 serves every interface.",

@@ -195,7 +195,7 @@ def _set_disabled(address: str, config_file: Path | None, disabled: bool) -> Non
 
 @app.command()
 def disable(address: AddressArgument, config_file: ConfigOption = None) -> None:
-    """Refuse the user's logins; mail for them is still accepted and kept."""
+    """Refuse the user's sign-ins and new mail for them; stored mail is kept."""
     _set_disabled(address, config_file, True)
 
 

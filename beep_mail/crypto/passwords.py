@@ -24,6 +24,8 @@ class Passwords:
         self._hasher = PasswordHasher(
             time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism
         )
+        # Verified against when the account does not exist, at the same cost.
+        self.decoy = self._hasher.hash("no account has this password")
 
     def hash(self, password: str) -> str:
         check_new_password(password)

@@ -218,9 +218,9 @@ class DeliveryAgent:
         last: dict[int, Outcome] = {}
         for hop in hops:
             last = await self._send(hop, rule.tls, rows, content)
-            if not all(o.kind == "temporary" and o.status.startswith("4.4.")
+            if not all(o.kind == "temporary" and o.status.startswith(("4.4.", "4.7.5"))
                        for o in last.values()):
-                break  # only connection-level failures move on to the next MX
+                break  # connection and TLS failures move on to the next MX
         return last
 
     async def _send(self, hop: NextHop, tls_policy: str, rows: list[Claimed],

@@ -225,18 +225,26 @@ class SubmissionHandler(BaseHandler):
             return AuthResult(success=False, handled=True)
         account_key, client_key = f"user:{login}", f"addr:{client}"
         if self.throttle.blocked(account_key, client_key):
-            self._refuse(server, replies.AUTH_THROTTLED, "auth-throttled", user=login)
+            known = await self.shared.user(login)
+            self._refuse(server, replies.AUTH_THROTTLED, "auth-throttled",
+                         user=known.address if known is not None else None)
             # handled=False: aiosmtpd then sends `message`; by default it sends
             # nothing and the client waits for a reply that never comes.
             return AuthResult(success=False, handled=False,
                               message=str(replies.AUTH_THROTTLED))
 
         user = await self.shared.user(login)
-        ok = user is not None and not user.disabled and await asyncio.to_thread(
-            self.passwords.verify, user.password_hash, password)
+        # Unknown and disabled accounts cost the same hash as real ones, so the
+        # reply time does not tell which accounts exist.
+        stored = user.password_hash if user is not None else self.passwords.decoy
+        ok = await asyncio.to_thread(self.passwords.verify, stored, password)
+        ok = ok and user is not None and not user.disabled
         if not ok:
             self.throttle.fail(account_key, client_key)
-            self._refuse(server, replies.AUTH_FAILED, "auth-failed", user=login)
+            # What was typed as a user name may be a password typed in the
+            # wrong field: only a known account is named in the log and audit.
+            self._refuse(server, replies.AUTH_FAILED, "auth-failed",
+                         user=user.address if user is not None else None)
             await asyncio.sleep(self.settings.smtp.auth_failure_delay)
             return AuthResult(success=False, handled=False,
                               message=str(replies.AUTH_FAILED))
