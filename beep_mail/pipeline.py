@@ -1,11 +1,11 @@
-"""The path every accepted message takes: check, decide, stamp, commit durably.
+"""The path every accepted message takes: check, decide, protect, commit durably.
 
-    parse -> check -> stamp (Received) -> one transaction: message + queue rows
+    check -> stamp (Received) -> OpenPGP stage -> one transaction: message + rows
 
-Encryption (the OpenPGP stage) will sit between stamp and commit, with a fixed
-place, so that nothing that inspects the body runs after it unknowingly. When
-`accept` returns, the message and its queue rows are committed; only then may
-the caller answer 250.
+The OpenPGP stage (`beep_mail.protection`) has this fixed place: it rewrites
+the body, so nothing that inspects the body runs after it. When `accept`
+returns, the message and its queue rows are committed; only then may the
+caller answer 250.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from datetime import datetime, timezone
 
 from beep_mail import logs
 from beep_mail.config import Settings
+from beep_mail.policy.routing import DomainTable
+from beep_mail.protection import Protected, Stage
+from beep_mail.store import accounts
 from beep_mail.smtp.content import check_line_endings, check_structure
 from beep_mail.store import queue as queue_store
 from beep_mail.store.engine import Database
@@ -56,37 +59,54 @@ class Incoming:
 
 
 class Pipeline:
-    def __init__(self, db: Database, settings: Settings,
+    def __init__(self, db: Database, settings: Settings, stage: Stage,
                  on_queued: Callable[[], None] | None = None) -> None:
         self.db = db
         self.settings = settings
+        self.stage = stage
         self.on_queued = on_queued or (lambda: None)
 
     async def accept(self, incoming: Incoming) -> str:
         """Check and durably queue the message; return its queue id.
 
-        Raises ContentError for a malformed message and StoreError when the
-        store cannot take it; in both cases nothing was committed.
+        Raises ContentError for a malformed message, protection.Refused when
+        the OpenPGP policy refuses it, and StoreError when the store cannot
+        take it; in every case nothing was committed.
         """
         check_line_endings(incoming.content)
         info = check_structure(incoming.content,
                                max_depth=self.settings.smtp.max_mime_depth)
         transfer_id = self._transfer_id(incoming)
         content = self._received(incoming) + incoming.content
+        table = DomainTable(await self.db.run(accounts.list_domains))
 
-        await self.db.run(self._commit, incoming, content, info.message_id, transfer_id)
+        if incoming.role == "inbound":
+            protected = await self.stage.inbound(content, incoming.mail_from,
+                                                 incoming.recipients, table)
+            recipients = list(incoming.recipients)
+        else:
+            sender_domain = incoming.mail_from.rpartition("@")[2]
+            protected, recipients = await self.stage.outbound(
+                content, sender_domain, incoming.recipients, table)
+
+        await self.db.run(self._commit, incoming, recipients, protected, len(content),
+                          info.message_id, transfer_id)
         logs.event(log, "queued", msg=incoming.queue_id, direction=incoming.direction,
-                   size=len(content), nrcpt=len(incoming.recipients))
+                   size=len(content), nrcpt=len(recipients),
+                   held=len(protected.held), verification=protected.verification or "-")
         self.on_queued()
         return incoming.queue_id
 
-    def _commit(self, engine: object, incoming: Incoming, content: bytes,
-                message_id_header: str | None, transfer_id: str | None) -> None:
+    def _commit(self, engine: object, incoming: Incoming,
+                recipients: Sequence[queue_store.NewRecipient], protected: Protected,
+                size: int, message_id_header: str | None,
+                transfer_id: str | None) -> None:
         with self.db.engine.begin() as connection:
             queue_store.accept(
                 connection, message_id=incoming.queue_id,
                 direction=incoming.direction, mail_from=incoming.mail_from,
-                content=content, recipients=incoming.recipients,
+                content=protected.content, local_content=protected.local_content,
+                recipients=recipients, held=protected.held, size=size,
                 lifetime=self.settings.delivery.lifetime,
                 message_id_header=(message_id_header or "")[:998] or None,
                 transfer_id=transfer_id, auth_user=incoming.auth_user,

@@ -11,13 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from beep_mail import logs
+from beep_mail import keyring, logs
 from beep_mail.config import Settings, parse_listen
 from beep_mail.crypto.passwords import Passwords
 from beep_mail.crypto.tls import server_context
+from beep_mail.crypto.openpgp import UnlockedKey
 from beep_mail.pipeline import Pipeline
+from beep_mail.protection import Stage
+from beep_mail.store import accounts
 from beep_mail.smtp.delivery import DeliveryAgent
 from beep_mail.smtp.handlers import InboundHandler, SubmissionHandler
 from beep_mail.smtp.server import Listener, SessionLimits
@@ -36,14 +40,20 @@ class Service:
     db: Database | None = None
     delivery: DeliveryAgent | None = None
     _delivery_task: asyncio.Task[None] | None = None
+    _crypto: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
         settings = self.settings
         self.db = Database(settings.database_url, settings.database.max_size_mb)
         await asyncio.to_thread(self.db.migrate)
+        signers = await asyncio.to_thread(self._domain_keys, self.db)
 
-        self.delivery = DeliveryAgent(self.db, settings)
-        pipeline = Pipeline(self.db, settings, on_queued=self.delivery.notify)
+        # OpenPGP work gets threads of its own, so that a large message being
+        # encrypted never waits behind database calls, nor they behind it.
+        self._crypto = ThreadPoolExecutor(2, thread_name_prefix="openpgp")
+        stage = Stage(self.db, signers, self._crypto)
+        self.delivery = DeliveryAgent(self.db, settings, signers)
+        pipeline = Pipeline(self.db, settings, stage, on_queued=self.delivery.notify)
         if settings.delivery.enabled:
             self._delivery_task = asyncio.create_task(self.delivery.run())
 
@@ -77,6 +87,15 @@ class Service:
             await listener.start()
             self.listeners[role] = listener
 
+    def _domain_keys(self, db: Database) -> dict[str, UnlockedKey]:
+        """Unlock the key of every local domain, making one where none exists."""
+        with db.engine.begin() as connection:
+            local = [d.name for d in accounts.load_domains(connection)
+                     if d.role == "local"]
+            for domain in local:
+                keyring.ensure_domain_key(connection, self.settings, domain)
+        return keyring.unlock_domain_keys(db.engine, self.settings, local)
+
     def port(self, role: str) -> int:
         return self.listeners[role].port
 
@@ -93,6 +112,8 @@ class Service:
                 await self._delivery_task
             except asyncio.CancelledError:
                 pass
+        if self._crypto is not None:
+            self._crypto.shutdown(wait=True)
         if self.db is not None:
             await asyncio.to_thread(self.db.close)
 

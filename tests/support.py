@@ -20,17 +20,33 @@ from typing import Any
 import trustme
 from aiosmtpd.smtp import SMTP as AioSMTP
 
-from beep_mail import config
+from sqlalchemy import select
+
+from beep_mail import config, keyring, vault
+from beep_mail.crypto import openpgp
 from beep_mail.crypto.passwords import Passwords
 from beep_mail.crypto.tls import write_self_signed
 from beep_mail.service import Service
 from beep_mail.store import accounts
+from beep_mail.store import keys as key_store
 from beep_mail.store.engine import Database
+from beep_mail.store.tables import mailbox_entries
 
 LOCAL = "ministry.gov.example"
 PEER = "peer.gov.example"
 PASSWORD = "correct horse battery"
 FAST_HASH = Passwords(time_cost=1, memory_kib=64, parallelism=1)
+RECOVERY_PASSPHRASE = "recovery passphrase kept by the records office"
+
+_peer_keys: dict[str, openpgp.SecretKey] = {}
+
+
+def peer_secret(domain: str = PEER) -> openpgp.SecretKey:
+    """A correspondent's domain key, made once per test run."""
+    if domain not in _peer_keys:
+        _peer_keys[domain] = openpgp.generate(f"gateway of {domain}",
+                                              f"postmaster@{domain}", passphrase="peer")
+    return _peer_keys[domain]
 
 _CA = trustme.CA()
 
@@ -83,6 +99,7 @@ class Site:
     domain: str
     config_file: Path
     url: str
+    recovery: openpgp.SecretKey
     environ: dict[str, str] = field(default_factory=dict)
 
     def settings(self, **overrides: str) -> config.Settings:
@@ -94,11 +111,53 @@ class Site:
 
     def add_user(self, local: str, password: str = PASSWORD) -> str:
         address = f"{local}@{self.domain}"
+        secret = vault.make_user_key(self.settings(), address, local.title(), password)
         db = self.db()
         with db.engine.begin() as connection:
-            accounts.add_user(connection, address, local.title(), FAST_HASH.hash(password))
+            vault.create_user(connection, address, local.title(),
+                              FAST_HASH.hash(password), secret)
         db.close()
         return address
+
+    def trust(self, owner: str, key: openpgp.PublicKey) -> None:
+        """Import and pin a correspondent's key, as `beepmail key import --pin` does."""
+        db = self.db()
+        with db.engine.begin() as connection:
+            keyring.import_peer(connection, key, owner, pin=True)
+        db.close()
+
+    def domain_key(self) -> openpgp.PublicKey:
+        db = self.db()
+        with db.engine.connect() as connection:
+            record = key_store.active_key(connection, "domain", self.domain)
+        db.close()
+        assert record is not None
+        return keyring.public(record)
+
+    def raw_entries(self, address: str) -> list[bytes]:
+        """Mailbox entries as stored: sealed."""
+        db = self.db()
+        try:
+            with db.engine.connect() as connection:
+                user = accounts.find_user(connection, address)
+                assert user is not None
+                query = select(mailbox_entries.c.content).where(
+                    mailbox_entries.c.user_id == user.id).order_by(mailbox_entries.c.id)
+                return [bytes(row) for row in connection.execute(query).scalars()]
+        finally:
+            db.close()
+
+    def inbox(self, address: str, password: str = PASSWORD) -> list[bytes]:
+        """Mailbox entries as their owner reads them, opened with the password."""
+        entries = self.raw_entries(address)
+        if not entries:
+            return []
+        db = self.db()
+        try:
+            keys = vault.open_keys(db.engine, address, password)
+        finally:
+            db.close()
+        return [vault.read(keys, blob) for blob in entries]
 
     def allow(self, domain: str, **options: Any) -> None:
         db = self.db()
@@ -118,12 +177,19 @@ def make_site(root: Path, url: str, domain: str = LOCAL) -> Site:
     config_file = root / "conf" / "beepmail.toml"
     config_file.write_text(CONFIG.format(domain=domain, url=url, ca=ca))
     write_self_signed(root / "var/tls/cert.pem", root / "var/tls/key.pem", ["localhost"])
-    site = Site(root, domain, config_file, url)
+    recovery = openpgp.generate("Records office recovery key", f"recovery@{domain}",
+                                passphrase=RECOVERY_PASSPHRASE)
+    site = Site(root, domain, config_file, url, recovery)
+    settings = site.settings()
     db = site.db()
     db.migrate()
     with db.engine.begin() as connection:
         accounts.put_domain(connection, domain, role="local", tls="opportunistic",
                             encryption="none")
+        keyring.ensure_domain_key(connection, settings, domain)
+        key_store.add_key(connection, kind="recovery", owner=key_store.RECOVERY_OWNER,
+                          fingerprint=recovery.public.fingerprint,
+                          public_key=recovery.public.armored)
     db.close()
     return site
 

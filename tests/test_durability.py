@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from beep_mail.store import queue as queue_store
 from beep_mail.store.tables import mailbox_entries
-from tests.support import (PEER, GatewayProcess, NextHop, Site, message, submit,
+from tests.support import (PEER, peer_secret, GatewayProcess, NextHop, Site, message, submit,
                            wait_for)
 
 
@@ -52,6 +52,8 @@ def test_kill9_before_delivery_then_restart_delivers_once(site: Site) -> None:
     try:
         wait_for(lambda: _depth(site)["delivered"] == 5, what="delivery after restart")
         assert _inbox_count(site) == 5
+        bodies = site.inbox(carol)
+        assert all(any(b"message %d" % n in body for body in bodies) for n in range(5))
         assert gateway.terminate() == 0
     finally:
         gateway.close()
@@ -62,6 +64,7 @@ def test_kill9_during_remote_delivery(site: Site) -> None:
     alice = site.add_user("alice")
     with NextHop(["hang", "250 2.0.0 ok"]) as hop:
         site.allow(PEER, next_hop=hop.address, tls="required")
+        site.trust(PEER, peer_secret().public)
         gateway = GatewayProcess(site, BEEPMAIL_DELIVERY__TIMEOUT="60").start()
         try:
             submit(site, gateway.ports["submission"], alice, [f"bob@{PEER}"],

@@ -8,25 +8,15 @@ import aiosmtplib
 import pytest
 from sqlalchemy import select
 
+from beep_mail.crypto import pgpmime
 from beep_mail.store import queue as queue_store
 from beep_mail.store.tables import mailbox_entries
-from tests.support import (PASSWORD, PEER, GatewayThread, NextHop, SilentHop, Site,
+from tests.support import (PASSWORD, PEER, peer_secret, GatewayThread, NextHop, SilentHop, Site,
                            message, submit, wait_for)
 
 
 def inbox(site: Site, address: str) -> list[bytes]:
-    db = site.db()
-    try:
-        with db.engine.connect() as connection:
-            from beep_mail.store.accounts import find_user
-            user = find_user(connection, address)
-            assert user is not None
-            rows = connection.execute(
-                select(mailbox_entries.c.content).where(mailbox_entries.c.user_id == user.id)
-            ).scalars().all()
-        return list(rows)
-    finally:
-        db.close()
+    return site.inbox(address)
 
 
 def states(site: Site) -> dict[str, int]:
@@ -52,6 +42,7 @@ def test_remote_delivery_with_verified_tls(site: Site) -> None:
     alice = site.add_user("alice")
     with NextHop(["250 2.0.0 ok"]) as hop:
         site.allow(PEER, next_hop=hop.address, tls="required")
+        site.trust(PEER, peer_secret().public)
         with GatewayThread(site.settings()) as gateway:
             submit(site, gateway.submission, alice, [f"bob@{PEER}"],
                    message(alice, f"bob@{PEER}", body="line one\r\n.leading dot"))
@@ -59,9 +50,15 @@ def test_remote_delivery_with_verified_tls(site: Site) -> None:
             wait_for(lambda: states(site)["delivered"] == 1, what="delivered state")
     sender, rcpts, content = hop.handler.received[0]
     assert (sender, rcpts) == (alice, [f"bob@{PEER}"])
-    assert b"\r\n.leading dot\r\n" in content
     assert b"\n" not in content.replace(b"\r\n", b"")
     assert b"X-Beepmail-Transfer-Id:" in content
+    # On the wire: PGP/MIME, nothing readable; the peer opens it and sees our
+    # domain's valid signature, the body byte for byte (dot-stuffing undone).
+    assert b"multipart/encrypted" in content and b"leading dot" not in content
+    opened = pgpmime.unprotect(content, [peer_secret().unlock("peer")],
+                               [site.domain_key()])
+    assert opened.signature == "valid"
+    assert b"\r\n.leading dot\r\n" in opened.message
 
 
 def test_aiosmtplib_client(site: Site) -> None:
@@ -81,6 +78,7 @@ def test_temporary_then_success(site: Site) -> None:
     alice = site.add_user("alice")
     with NextHop(["451 4.3.0 try later", "250 2.0.0 ok"]) as hop:
         site.allow(PEER, next_hop=hop.address, tls="required")
+        site.trust(PEER, peer_secret().public)
         with GatewayThread(site.settings()) as gateway:
             submit(site, gateway.submission, alice, [f"bob@{PEER}"], message(alice, "b"))
             wait_for(lambda: states(site)["delivered"] == 1, what="delivered after retry")
@@ -92,6 +90,7 @@ def test_permanent_failure_bounces_to_sender_inbox(site: Site) -> None:
     alice = site.add_user("alice")
     with NextHop(["550 5.1.1 no such user here"]) as hop:
         site.allow(PEER, next_hop=hop.address, tls="required")
+        site.trust(PEER, peer_secret().public)
         with GatewayThread(site.settings()) as gateway:
             submit(site, gateway.submission, alice, [f"nobody@{PEER}"],
                    message(alice, "x", subject="Secret subject", body="Secret body"))
@@ -107,6 +106,7 @@ def test_silent_next_hop_is_retried(site: Site) -> None:
     alice = site.add_user("alice")
     with SilentHop() as hop:
         site.allow(PEER, next_hop=hop.address, tls="required")
+        site.trust(PEER, peer_secret().public)
         with GatewayThread(site.settings()) as gateway:
             submit(site, gateway.submission, alice, [f"bob@{PEER}"], message(alice, "b"))
             db = site.db()
@@ -124,6 +124,7 @@ def test_tls_required_refuses_untrusted_certificate(site: Site) -> None:
     alice = site.add_user("alice")
     with NextHop(["250 2.0.0 ok"]) as hop:
         site.allow(PEER, next_hop=hop.address, tls="required")
+        site.trust(PEER, peer_secret().public)
         settings = site.settings(BEEPMAIL_DELIVERY__CA_FILE=str(site.root / "var/tls/cert.pem"))
         with GatewayThread(settings) as gateway:
             submit(site, gateway.submission, alice, [f"bob@{PEER}"], message(alice, "b"))
@@ -141,6 +142,7 @@ def test_tls_required_refuses_plaintext_hop(site: Site) -> None:
     alice = site.add_user("alice")
     with NextHop(["250 2.0.0 ok"], tls=False) as hop:
         site.allow(PEER, next_hop=hop.address, tls="required")
+        site.trust(PEER, peer_secret().public)
         with GatewayThread(site.settings()) as gateway:
             submit(site, gateway.submission, alice, [f"bob@{PEER}"], message(alice, "b"))
             db = site.db()
@@ -158,6 +160,7 @@ def test_opportunistic_plaintext_hop_delivers(site: Site, unused: None) -> None:
     alice = site.add_user("alice")
     with NextHop(["250 2.0.0 ok"], tls=False) as hop:
         site.allow(PEER, next_hop=hop.address, tls="opportunistic")
+        site.trust(PEER, peer_secret().public)
         with GatewayThread(site.settings()) as gateway:
             submit(site, gateway.submission, alice, [f"bob@{PEER}"], message(alice, "b"))
             assert hop.handler.event.wait(15)

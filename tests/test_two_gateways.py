@@ -12,16 +12,7 @@ from tests.support import LOCAL, PEER, GatewayThread, Site, make_site, message, 
 
 
 def _inbox(site: Site, address: str) -> list[bytes]:
-    db = site.db()
-    try:
-        with db.engine.connect() as connection:
-            user = find_user(connection, address)
-            assert user is not None
-            query = select(mailbox_entries.c.content).where(
-                mailbox_entries.c.user_id == user.id)
-            return list(connection.execute(query).scalars())
-    finally:
-        db.close()
+    return site.inbox(address)
 
 
 def test_two_gateways_exchange_mail(site: Site, tmp_path: Path) -> None:
@@ -37,6 +28,9 @@ def test_two_gateways_exchange_mail(site: Site, tmp_path: Path) -> None:
         BEEPMAIL_DELIVERY__CA_FILE=str(theirs.root / "var/tls/cert.pem"))
     theirs_settings = theirs.settings(
         BEEPMAIL_DELIVERY__CA_FILE=str(ours.root / "var/tls/cert.pem"))
+    # Key exchange between the ministries: each pins the other's domain key.
+    ours.trust(PEER, theirs.domain_key())
+    theirs.trust(LOCAL, ours.domain_key())
     with GatewayThread(ours_settings) as a, GatewayThread(theirs_settings) as b:
         ours.allow(PEER, next_hop=f"localhost:{b.inbound}", tls="required")
         theirs.allow(LOCAL, next_hop=f"localhost:{a.inbound}", tls="required")
@@ -50,8 +44,13 @@ def test_two_gateways_exchange_mail(site: Site, tmp_path: Path) -> None:
 
     assert len(got) == 1 and b"From A to B" in got[0]
     assert len(back) == 1 and b"From B to A" in back[0]
-    # The peer's trace shows it came in over TLS from our gateway.
+    # The peer's trace shows it came in over TLS from our gateway, and the
+    # gateway's verdict on the OpenPGP signature heads the message.
     assert b"with ESMTPS id" in got[0]
+    assert got[0].startswith(b"X-Beepmail-Verification: signature=valid;")
+    assert b"Subject: Minutes\r\n" in got[0] and b"Subject: [...]" not in got[0]
+    # At rest nothing is readable without the owner's password.
+    assert all(b"From A to B" not in raw for raw in theirs.raw_entries(bob))
 
 
 def _second_pg(url: str) -> str:
@@ -72,7 +71,8 @@ def test_repeated_transfer_is_stored_once(site: Site) -> None:
     import smtplib
 
     carol = site.add_user("carol")
-    site.allow(PEER, next_hop="localhost:1", tls="required")
+    # Plain text is allowed from this peer so that the test is about transfers.
+    site.allow(PEER, next_hop="localhost:1", tls="required", encryption="none")
     body = message(f"bob@{PEER}", carol, body="sent twice")
     stamped = b"X-Beepmail-Transfer-Id: 0A1B2C3D4E5F@mx.peer.gov.example\r\n" + body
     with GatewayThread(site.settings()) as gateway:

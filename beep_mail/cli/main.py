@@ -9,6 +9,8 @@ exit code 1; an interrupt exits with 130. No traceback reaches the user.
 
 from __future__ import annotations
 
+import os
+import secrets
 import shlex
 import sys
 import time
@@ -134,12 +136,18 @@ def init(
         _keys_folder(site_dir / "keys")
         made = _test_certificate(settings, host)
         _record_site(settings, local, host)
+        recovery_file = _make_keys(settings, site_dir, local)
     except BaseException:
         # Without the settings file, running init again finishes the job.
         conf_file.unlink(missing_ok=True)
         raise
 
     _next_steps(settings, local, made)
+    if recovery_file is not None:
+        say(f"The organisation's recovery key is in {recovery_file} and its "
+            f"passphrase in {recovery_file.with_suffix('.passphrase')}. Move both "
+            "off this machine now, to the records office: the gateway never needs "
+            "them, and whoever holds them can read every mailbox.")
 
 
 def _create(path: Path, content: str, mode: int) -> None:
@@ -191,6 +199,39 @@ def _record_site(settings: Settings, local: str, hostname: str) -> None:
             local,
             {"hostname": hostname, "config": str(settings.source)},
         )
+
+
+def _make_keys(settings: Settings, site_dir: Path, local: str) -> Path | None:
+    """The domain key, and a recovery key unless one is already in the store."""
+    from beep_mail import keyring
+    from beep_mail.crypto import openpgp
+    from beep_mail.store import keys as key_store
+
+    with database(settings) as db, transaction(db) as connection:
+        domain_key = keyring.ensure_domain_key(connection, settings, local)
+        audit.record(connection, actor(), "key.generate", local,
+                     {"kind": "domain", "fingerprint": domain_key.fingerprint})
+        if key_store.active_key(connection, "recovery", key_store.RECOVERY_OWNER):
+            return None
+        passphrase = secrets.token_urlsafe(24)
+        recovery = openpgp.generate("Recovery key", f"recovery@{local}",
+                                    passphrase=passphrase)
+        key_store.add_key(connection, kind="recovery", owner=key_store.RECOVERY_OWNER,
+                          fingerprint=recovery.public.fingerprint,
+                          public_key=recovery.public.armored, pinned=True)
+        audit.record(connection, actor(), "key.generate", "recovery",
+                     {"kind": "recovery", "fingerprint": recovery.public.fingerprint})
+    target = site_dir / "recovery-key.asc"
+    _create_secret(target, recovery.armored)
+    _create_secret(target.with_suffix(".passphrase"), passphrase + "\n")
+    return target
+
+
+def _create_secret(path: Path, content: str) -> None:
+    """A new file that is never readable by others, not even for a moment."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as stream:
+        stream.write(content)
 
 
 def _next_steps(settings: Settings, local: str, made_certificate: bool) -> None:

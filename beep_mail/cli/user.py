@@ -30,6 +30,7 @@ from beep_mail.cli.common import (
     transaction,
 )
 from beep_mail.config import Settings
+from beep_mail import vault
 from beep_mail.crypto.passwords import Passwords
 from beep_mail.policy.address import parse_envelope_address
 from beep_mail.store import accounts, audit
@@ -119,11 +120,15 @@ def add(
         if exists:
             raise AccountError(f"{key} already exists")
 
-        # Hashing is slow on purpose: do it before the write transaction.
-        password_hash = _passwords(settings).hash(read_password(password_stdin))
+        # Hashing and key generation are slow: do them before the transaction.
+        password = read_password(password_stdin)
+        password_hash = _passwords(settings).hash(password)
+        secret = vault.make_user_key(settings, key, name, password)
         with transaction(db) as connection:
-            accounts.add_user(connection, key, name, password_hash)
-            audit.record(connection, actor(), "user.add", key, {"name": name})
+            user = vault.create_user(connection, key, name, password_hash, secret)
+            audit.record(connection, actor(), "user.add", key,
+                         {"name": name, "key": secret.public.fingerprint})
+        del user
     say(f"Added {key} with {len(accounts.DEFAULT_MAILBOXES)} mailboxes.")
 
 
@@ -211,16 +216,26 @@ def passwd(
     password_stdin: PasswordStdinOption = False,
     config_file: ConfigOption = None,
 ) -> None:
-    """Set a new password for a user."""
+    """Reset a user's password (an administrator does not know the old one).
+
+    The user's key is locked by the password, so a reset gives the user a new
+    key: new mail is readable at once; mail stored before the reset comes back
+    with `beepmail user recover` and the organisation's recovery key.
+    """
     settings = load_settings(config_file)
     key = user_key(address)
     with database(settings) as db:
-        _require_user(db, key)
-        password_hash = _passwords(settings).hash(read_password(password_stdin))
+        record = _require_user(db, key)
+        password = read_password(password_stdin)
+        password_hash = _passwords(settings).hash(password)
+        secret = vault.make_user_key(settings, key, record.display_name, password)
         with transaction(db) as connection:
             accounts.set_password_hash(connection, key, password_hash)
-            audit.record(connection, actor(), "user.passwd", key)
-    say(f"Password of {key} changed.")
+            vault.replace_user_key(connection, key, secret)
+            audit.record(connection, actor(), "user.passwd", key,
+                         {"key": secret.public.fingerprint})
+    say(f"Password of {key} reset. Mail stored before now needs: "
+        f"beepmail user recover {key} --recovery-key FILE")
 
 
 @app.command()

@@ -25,11 +25,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from datetime import datetime, timezone
+from typing import Any
 
 import aiosmtplib
 
-from beep_mail import logs
+from beep_mail import keyring, logs, vault
 from beep_mail.config import Settings
+from beep_mail.crypto import atrest, pgpmime
 from beep_mail.crypto.tls import client_context
 from beep_mail.pipeline import TRANSFER_HEADER
 from beep_mail.policy.routing import DomainTable
@@ -93,9 +95,11 @@ def _dead_local_owner(owner: str) -> bool:
 
 
 class DeliveryAgent:
-    def __init__(self, db: Database, settings: Settings) -> None:
+    def __init__(self, db: Database, settings: Settings,
+                 signers: dict[str, Any] | None = None) -> None:
         self.db = db
         self.settings = settings
+        self.signers = signers or {}
         self.owner = worker_name()
         self.wake = asyncio.Event()
         self._stopping = False
@@ -167,18 +171,44 @@ class DeliveryAgent:
         first = rows[0]
         token = logs.message_id.set(first.message_id)
         try:
-            content = await self.db.run(queue_store.load_content, first.message_id)
-            if content is None:
-                outcomes = {row.id: Outcome("permanent", "5.3.0",
-                                            "message content is missing") for row in rows}
-            elif first.route == "local":
-                await self._deliver_local(rows, content)
+            remote_copy, local_copy = await self.db.run(queue_store.load_copies,
+                                                        first.message_id)
+            if first.route == "local" and local_copy is not None:
+                await self._deliver_local(rows, local_copy)
                 return
+            if first.route == "wait-key" and local_copy is not None:
+                # Held until a key came; encrypt to it now (see protection.py).
+                outcomes = await self._deliver_held(rows, local_copy)
+            elif first.route in ("remote", "plain") and remote_copy is not None:
+                outcomes = await self._deliver_remote(rows, remote_copy)
             else:
-                outcomes = await self._deliver_remote(rows, content)
-            await self._settle(rows, outcomes, content or b"")
+                outcomes = _all(rows, Outcome("permanent", "5.3.0",
+                                              "message content is missing"))
+            await self._settle(rows, outcomes, remote_copy or b"")
         finally:
             logs.message_id.reset(token)
+
+    async def _deliver_held(self, rows: list[Claimed],
+                            sealed: bytes) -> dict[int, Outcome]:
+        """Encrypt a message that waited for its recipient's key, then send it."""
+        domain = rows[0].mail_from.rpartition("@")[2]
+        signer = self.signers.get(domain)
+        if signer is None:
+            return _all(rows, Outcome("temporary", "4.3.0",
+                                      f"no domain key for {domain} in this process"))
+
+        def keys(engine: Any) -> list[Any]:
+            with engine.connect() as connection:
+                return [keyring.peer_key(connection, row.recipient, row.domain)
+                        for row in rows]
+
+        found = await self.db.run(keys)
+        if any(key is None for key in found):
+            return _all(rows, Outcome("temporary", "4.7.1",
+                                      "still no encryption key for this recipient"))
+        plaintext = await asyncio.to_thread(atrest.open_sealed_for, sealed, signer)
+        wire = await asyncio.to_thread(pgpmime.protect, plaintext, found, signer)
+        return await self._deliver_remote(rows, wire)
 
     async def _deliver_local(self, rows: list[Claimed], content: bytes) -> None:
         for row in rows:
@@ -204,7 +234,7 @@ class DeliveryAgent:
         table = await self._table()
         decision = table.decide(domain)
         rule = decision.rule
-        if decision.route.value != "remote" or rule is None:
+        if decision.route.value != "remote" or rule is None or not rule.allowed:
             # The domain was denied after the message was accepted.
             outcome = Outcome("permanent", "5.7.1",
                               f"{domain} is no longer an approved correspondent domain")
@@ -368,7 +398,8 @@ class DeliveryAgent:
             )],
             original_headers=headers,
         )
-        return user.address, report
+        sealed = await self.db.run(_seal_report, user.address, report)
+        return user.address, sealed
 
     async def _table(self) -> DomainTable:
         rows = await self.db.run(accounts.list_domains)
@@ -398,3 +429,9 @@ def _message_id(headers: bytes) -> str | None:
         if line.lower().startswith(b"message-id:"):
             return line.split(b":", 1)[1].strip().decode("ascii", "replace")
     return None
+
+
+def _seal_report(engine: Any, address: str, report: bytes) -> bytes:
+    """A DSN is stored like any other mail: sealed to its owner."""
+    with engine.connect() as connection:
+        return vault.seal_for_users(connection, [address], report)

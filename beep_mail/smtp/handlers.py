@@ -28,6 +28,9 @@ from beep_mail.smtp import replies
 from beep_mail.smtp.content import ContentError
 from beep_mail.smtp.replies import Reply
 from beep_mail.smtp.throttle import Throttle
+from beep_mail.crypto.openpgp import OpenPGPError
+from beep_mail.keyring import KeyringError
+from beep_mail.protection import Refused, recipient_key_state
 from beep_mail.store import accounts, audit
 from beep_mail.store.engine import Database, StoreError, StoreFull
 from beep_mail.store.queue import NewRecipient
@@ -155,6 +158,15 @@ class BaseHandler:
         except ContentError as error:
             return self._refuse(server, replies.BAD_CONTENT.format(reason=error.reason),
                                 "bad-content")
+        except Refused as refusal:
+            return self._refuse(server, refusal.reply, refusal.action,
+                                sender=incoming.mail_from,
+                                user=incoming.auth_user)
+        except (KeyringError, OpenPGPError) as error:
+            # A key of ours is missing or unusable: the site needs its
+            # administrator, the sender only needs to try again later.
+            logs.event(log, "key-error", logging.ERROR, reason=str(error))
+            return str(replies.LOCAL_ERROR)
         except StoreFull as error:
             logs.event(log, "store-full", logging.ERROR, reason=str(error))
             return str(replies.STORE_FULL)
@@ -278,6 +290,7 @@ class SubmissionHandler(BaseHandler):
             return self._refuse(server, reply, "not-your-address", user=user,
                                 sender=sender.key)
         self._start_message(envelope, sender.key)
+        session.beep_plain = None  # type: ignore[attr-defined]  # the first remote rcpt decides
         envelope.mail_options.extend(options)
         logs.event(log, "mail", role=self.role, user=user)
         return str(replies.SENDER_OK)
@@ -292,6 +305,29 @@ class SubmissionHandler(BaseHandler):
                                 user=user)
         if route is Route.LOCAL:
             return await self._local_recipient(server, rcpt, user)
+        return await self._peer_recipient(server, session, rcpt, user)
+
+    async def _peer_recipient(self, server: Any, session: Session, rcpt: Address,
+                              user: str | None) -> str | None:
+        """Refuse now, not after DATA, a recipient we could not encrypt to."""
+        table = await self.shared.domains()
+
+        def state(engine: Any) -> str:
+            with engine.connect() as connection:
+                return recipient_key_state(connection, table, rcpt.key,
+                                           rcpt.domain).route
+
+        route = await self.db.run(state)
+        if route == "refused":
+            return self._refuse(server, replies.NO_KEY.format(address=rcpt.key),
+                                "no-key", rcpt=rcpt.key, user=user)
+        plain = route == "plain"
+        envelope_plain = getattr(session, "beep_plain", None)
+        if envelope_plain is not None and envelope_plain != plain:
+            # One copy leaves for next hops: encrypted, or (for domains an
+            # administrator marked encryption = none) in clear; not both.
+            return str(replies.MIXED_PLAIN.format(address=rcpt.key))
+        session.beep_plain = plain  # type: ignore[attr-defined]
         return None
 
 

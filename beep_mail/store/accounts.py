@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
-from beep_mail.store.tables import domains, mailbox_entries, mailboxes, queue, users
+from beep_mail.store.tables import (domains, keys, mailbox_entries, mailbox_keys,
+                                    mailboxes, queue, users)
 
 # The folders every user has, with their RFC 6154 special-use flags.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
@@ -117,6 +118,10 @@ def set_password_hash(connection: Connection, address: str, password_hash: str) 
 
 def remove_user(connection: Connection, address: str) -> None:
     user = _require_user(connection, address)
+    # The user's keys go with the user: nothing of theirs stays readable.
+    connection.execute(delete(mailbox_keys).where(mailbox_keys.c.user_id == user.id))
+    connection.execute(delete(keys).where(keys.c.kind == "user",
+                                          keys.c.owner == user.address))
     connection.execute(delete(mailbox_entries)
                        .where(mailbox_entries.c.user_id == user.id))
     connection.execute(delete(mailboxes).where(mailboxes.c.user_id == user.id))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,21 +80,30 @@ def new_message_id() -> str:
 
 
 def accept(connection: Connection, *, message_id: str, direction: str, mail_from: str,
-           content: bytes, recipients: Sequence[NewRecipient], lifetime: float,
+           content: bytes | None, recipients: Sequence[NewRecipient], lifetime: float,
            message_id_header: str | None = None, transfer_id: str | None = None,
            auth_user: str | None = None, client_addr: str | None = None,
-           hold: bool = False) -> None:
-    """Insert the message and its queue rows in the caller's transaction."""
+           hold: bool = False, local_content: bytes | None = None,
+           held: Collection[str] = (), size: int | None = None) -> None:
+    """Insert the message and its queue rows in the caller's transaction.
+
+    `content` is the copy for next hops, `local_content` the sealed copy for
+    local users; recipients in `held` (or all, with `hold`) wait for an
+    administrator.
+    """
     now = time.time()
+    if size is None:
+        size = len(content or local_content or b"")
     connection.execute(messages.insert().values(
         id=message_id, received_at=now, direction=direction, mail_from=mail_from,
-        size=len(content), message_id_header=message_id_header,
+        size=size, message_id_header=message_id_header,
         transfer_id=transfer_id, auth_user=auth_user, client_addr=client_addr,
-        content=content,
+        content=content, local_content=local_content,
     ))
     connection.execute(queue.insert(), [
         dict(message_id=message_id, recipient=rcpt.address, domain=rcpt.domain,
-             route=rcpt.route, state="held" if hold else "queued", attempts=0,
+             route=rcpt.route,
+             state="held" if hold or rcpt.address in held else "queued", attempts=0,
              created_at=now, next_attempt_at=now, expires_at=now + lifetime,
              updated_at=now)
         for rcpt in recipients
@@ -163,6 +172,19 @@ def load_content(engine: Engine, message_id: str) -> bytes | None:
         ).scalar()
 
 
+def load_copies(engine: Engine, message_id: str) -> tuple[bytes | None, bytes | None]:
+    """(copy for next hops, sealed copy for local users)."""
+    with engine.connect() as connection:
+        row = connection.execute(
+            select(messages.c.content, messages.c.local_content)
+            .where(messages.c.id == message_id)
+        ).first()
+    if row is None:
+        return None, None
+    return (bytes(row[0]) if row[0] is not None else None,
+            bytes(row[1]) if row[1] is not None else None)
+
+
 def _settle(connection: Connection, row_id: int, owner: str, **values: object) -> bool:
     """Change one leased row in one UPDATE; False if the lease is no longer ours."""
     values.setdefault("updated_at", time.time())
@@ -181,7 +203,7 @@ def _drop_content_when_done(connection: Connection, message_id: str) -> None:
     ).scalar()
     if not pending:
         connection.execute(update(messages).where(messages.c.id == message_id)
-                           .values(content=None))
+                           .values(content=None, local_content=None))
 
 
 def mark_delivered(engine: Engine, row: Claimed, owner: str, reply: str) -> bool:

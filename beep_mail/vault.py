@@ -1,0 +1,194 @@
+"""Mail at rest: users' keys, mailbox keys, and reading sealed messages.
+
+Every user has a symmetric mailbox key, wrapped (OpenPGP) to the user's key and
+to the organisation's recovery key. Delivery cannot unwrap it without the
+user's password, so it seals each new message with a fresh key wrapped to the
+user's public key and the recovery key ("sealed for", BMS1). A session that
+holds the mailbox key re-seals such messages under it (BMK1, AES-256-GCM, one
+symmetric operation per read), so a mailbox of 10,000 messages does not cost
+10,000 public-key operations to list.
+
+The secret part of a user's key is locked by the user's password; an
+administrator's password reset therefore makes a new key, and the mail stored
+before it is reachable again only through `recover`, with the recovery key
+whose secret part is kept off the gateway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, select, update
+
+from beep_mail import keyring
+from beep_mail.config import Settings
+from beep_mail.crypto import atrest, openpgp
+from beep_mail.crypto.openpgp import PublicKey, UnlockedKey
+from beep_mail.store import accounts
+from beep_mail.store import keys as key_store
+from beep_mail.store.tables import mailbox_entries
+
+MAILBOX_SEALED = b"BMK1"
+
+
+class VaultError(Exception):
+    """Stored mail cannot be opened with what was given; says why."""
+
+
+def _aad(user_id: int) -> bytes:
+    # Binds a sealed entry to its owner: a row copied into another user's
+    # mailbox does not open there.
+    return f"beep-mail entry of user {user_id}".encode()
+
+
+# -- users and their keys ------------------------------------------------------
+
+def make_user_key(settings: Settings, address: str, name: str,
+                  password: str) -> openpgp.SecretKey:
+    """Slow (key generation): call before opening the write transaction."""
+    return openpgp.generate(name or address, address, passphrase=password,
+                            algorithm=settings.keys.algorithm,
+                            expires_days=settings.keys.expires_days or None)
+
+
+def create_user(connection: Connection, address: str, name: str, password_hash: str,
+                secret: openpgp.SecretKey) -> accounts.UserRecord:
+    """The user, its mailboxes, its key and its wrapped mailbox key, in one transaction."""
+    recovery = keyring.recovery_key(connection)
+    user = accounts.add_user(connection, address, name, password_hash)
+    keyring.store_secret(connection, "user", user.address, secret)
+    wrapped = atrest.wrap_key(atrest.new_key(), [secret.public, recovery])
+    key_store.put_mailbox_key(connection, user.id, wrapped, secret.public.fingerprint)
+    return user
+
+
+def replace_user_key(connection: Connection, address: str,
+                     secret: openpgp.SecretKey) -> None:
+    """After a password reset: the new key becomes active, the old one retired.
+
+    The mailbox key stays wrapped to the old key and the recovery key until
+    `recover` re-wraps it; new mail is sealed to the new key at once.
+    """
+    for old in key_store.keys_of(connection, "user", address):
+        key_store.set_state(connection, old.id, "retired")
+    keyring.store_secret(connection, "user", address, secret)
+
+
+def rekey_password(connection: Connection, address: str, old_password: str,
+                   new_password: str) -> None:
+    """A change by someone who knows the old password: same key, new lock."""
+    record = key_store.active_key(connection, "user", address)
+    if record is None or record.secret_key is None:
+        raise VaultError(f"{address} has no key")
+    unlocked = openpgp.load_secret(record.secret_key).unlock(old_password)
+    key_store.replace_secret(connection, record.id,
+                             openpgp.relock(unlocked, new_password).armored)
+
+
+# -- a session's view of one mailbox owner -------------------------------------------
+
+@dataclass
+class Keys:
+    """What an authenticated session holds in memory, and nothing more."""
+
+    user_id: int
+    address: str
+    user_key: UnlockedKey
+    mailbox_key: bytes
+
+
+def open_keys(engine: Engine, address: str, password: str) -> Keys:
+    with engine.connect() as connection:
+        user = accounts.find_user(connection, address)
+        if user is None:
+            raise VaultError(f"no user {address}")
+        unlocked = keyring.unlock_user(connection, user.address, password)
+        stored = key_store.get_mailbox_key(connection, user.id)
+    if stored is None:
+        raise VaultError(f"{address} has no mailbox key")
+    wrapped, wrapped_for = stored
+    if wrapped_for != unlocked.public.fingerprint:
+        raise VaultError(f"the mailbox key of {address} waits for recovery "
+                         "(beepmail user recover) after a password reset")
+    return Keys(user.id, user.address, unlocked, atrest.unwrap_key(wrapped, unlocked))
+
+
+def read(keys: Keys, blob: bytes) -> bytes:
+    """The plaintext of a stored entry."""
+    if blob.startswith(MAILBOX_SEALED):
+        return atrest.unseal(keys.mailbox_key, blob[len(MAILBOX_SEALED):],
+                             _aad(keys.user_id))
+    if atrest.is_sealed_for(blob):
+        return atrest.open_sealed_for(blob, keys.user_key)
+    raise VaultError("entry is in no known stored format")
+
+
+def seal_for_mailbox(keys: Keys, plaintext: bytes) -> bytes:
+    return MAILBOX_SEALED + atrest.seal(keys.mailbox_key, plaintext, _aad(keys.user_id))
+
+
+def reseal_new_entries(engine: Engine, keys: Keys, limit: int = 500) -> int:
+    """Move entries sealed at delivery under the mailbox key; returns how many."""
+    query = (select(mailbox_entries.c.id, mailbox_entries.c.content)
+             .where(mailbox_entries.c.user_id == keys.user_id)
+             .limit(limit))
+    moved = 0
+    with engine.begin() as connection:
+        for entry_id, blob in connection.execute(query).all():
+            blob = bytes(blob)
+            if not atrest.is_sealed_for(blob):
+                continue
+            plaintext = atrest.open_sealed_for(blob, keys.user_key)
+            connection.execute(update(mailbox_entries)
+                               .where(mailbox_entries.c.id == entry_id)
+                               .values(content=seal_for_mailbox(keys, plaintext)))
+            moved += 1
+    return moved
+
+
+# -- sealing at delivery ------------------------------------------------------------
+
+def seal_for_users(connection: Connection, addresses: Sequence[str],
+                   plaintext: bytes) -> bytes:
+    """One blob that each of these users (and the recovery key) can open."""
+    recipients: list[PublicKey] = [keyring.user_public(connection, a) for a in addresses]
+    recipients.append(keyring.recovery_key(connection))
+    return atrest.seal_for(plaintext, recipients)
+
+
+# -- recovery ------------------------------------------------------------------------
+
+def recover(engine: Engine, address: str, recovery: UnlockedKey) -> int:
+    """Give a user back their mail after a password reset.
+
+    Opens the mailbox key and every entry with the recovery key, and re-wraps
+    the mailbox key to the user's current key. Returns the entries re-sealed.
+    """
+    with engine.begin() as connection:
+        user = accounts.find_user(connection, address)
+        if user is None:
+            raise VaultError(f"no user {address}")
+        current = keyring.user_public(connection, user.address)
+        stored = key_store.get_mailbox_key(connection, user.id)
+        if stored is None:
+            raise VaultError(f"{address} has no mailbox key")
+        mailbox_key = atrest.unwrap_key(stored[0], recovery)
+        wrapped = atrest.wrap_key(mailbox_key, [current, keyring.recovery_key(connection)])
+        key_store.put_mailbox_key(connection, user.id, wrapped, current.fingerprint)
+
+        moved = 0
+        rows = connection.execute(
+            select(mailbox_entries.c.id, mailbox_entries.c.content)
+            .where(mailbox_entries.c.user_id == user.id)).all()
+        for entry_id, blob in rows:
+            blob = bytes(blob)
+            if not atrest.is_sealed_for(blob):
+                continue
+            plaintext = atrest.open_sealed_for(blob, recovery)
+            sealed = MAILBOX_SEALED + atrest.seal(mailbox_key, plaintext, _aad(user.id))
+            connection.execute(update(mailbox_entries)
+                               .where(mailbox_entries.c.id == entry_id)
+                               .values(content=sealed))
+            moved += 1
+    return moved
