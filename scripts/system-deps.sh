@@ -1,5 +1,6 @@
 #!/bin/sh
 # Install the Debian packages beep-mail needs, only those that are missing.
+# (GnuPG, isync, swaks and Sequoia's sq are what the tests talk to.)
 #   system-deps.sh python   what `python3 -m venv` needs
 #   system-deps.sh test     what the test suite talks to
 set -eu
@@ -13,6 +14,8 @@ test)
     command -v gpg >/dev/null 2>&1 || missing="$missing gnupg"
     command -v mbsync >/dev/null 2>&1 || missing="$missing isync"
     command -v swaks >/dev/null 2>&1 || missing="$missing swaks"
+    # Sequoia's command line, a second OpenPGP implementation to test against.
+    command -v sq >/dev/null 2>&1 || missing="$missing sq"
     ;;
 esac
 
