@@ -148,6 +148,27 @@ class KeysSettings(_Section):
     )
 
 
+class ArchiveSettings(_Section):
+    retention_days: int = Field(
+        3650, gt=0, description="Days an archive entry is kept when no rule matches."
+    )
+    retention: dict[str, int] = Field(
+        default_factory=dict,
+        description='Days by "DOMAIN:DIRECTION" ("*" for any part), for example '
+        '{"peer.gov.example:inbound" = 7300}; the most specific rule wins.',
+    )
+    checkpoint_interval: float = Field(
+        3600.0, gt=0, description="Seconds between signed checkpoints of the archive."
+    )
+
+
+class PrivacySettings(_Section):
+    client_address_days: int = Field(
+        30, ge=0, description="Days client IP addresses are kept in the queue and "
+        "audit records; 0 keeps none after delivery.",
+    )
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     wire_trace: bool = Field(
@@ -163,6 +184,8 @@ class Settings(_Section):
     delivery: DeliverySettings = DeliverySettings()
     auth: AuthSettings = AuthSettings()
     keys: KeysSettings = KeysSettings()
+    archive: ArchiveSettings = ArchiveSettings()
+    privacy: PrivacySettings = PrivacySettings()
     logging: LoggingSettings = LoggingSettings()
 
     # Not settings: where the file was, to resolve relative paths.

@@ -184,7 +184,7 @@ def test_every_setting_is_in_the_file_with_a_comment() -> None:
 def flatten(data: dict[str, Any], prefix: str = "") -> set[str]:
     keys: set[str] = set()
     for key, value in data.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value:
             keys |= flatten(value, f"{prefix}{key}.")
         else:
             keys.add(f"{prefix}{key}")

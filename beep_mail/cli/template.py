@@ -55,6 +55,11 @@ SECTION_NOTES: dict[str, str] = {
         "OpenPGP keys the gateway makes: a domain key per local domain (signs "
         "outbound mail, decrypts inbound) and a key per user (mail at rest)."
     ),
+    "archive": (
+        "The records archive: every accepted message, encrypted to the records "
+        "key, chained and checkpointed; kept for its retention period."
+    ),
+    "privacy": "How long personal data that delivery no longer needs is kept.",
     "logging": "What the gateway logs. Message content and passwords never are.",
 }
 
@@ -124,7 +129,7 @@ def _keys(
         note = field.description or FIELD_NOTES[path]
         if path in EXTRA_NOTES:
             note = f"{note} {EXTRA_NOTES[path]}"
-        value = values.get(path, field.default)
+        value = values.get(path, field.get_default(call_default_factory=True))
         keys.append((key, note, None if value is None else toml_value(value)))
     return keys
 
@@ -138,6 +143,11 @@ def toml_value(value: object) -> str:
     if isinstance(value, str | PurePath):
         # A JSON string is a valid TOML basic string: same quotes and escapes.
         return json.dumps(str(value), ensure_ascii=False)
+    if isinstance(value, dict):
+        # An inline table; keys are quoted since they hold ':' and '*'.
+        items = ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}"
+                          for k, v in value.items())
+        return "{" + (f" {items} " if items else "") + "}"
     raise TypeError(f"no TOML form for {type(value).__name__}")
 
 

@@ -14,9 +14,10 @@ from sqlalchemy import Connection, Engine, select, update
 
 from beep_mail.store.tables import keys, mailbox_keys
 
-KINDS = ("domain", "user", "peer", "recovery")
+KINDS = ("domain", "user", "peer", "recovery", "records")
 STATES = ("active", "pending", "retired", "revoked")
 RECOVERY_OWNER = "*"
+RECORDS_OWNER = "records"
 
 
 class KeyStoreError(Exception):

@@ -171,6 +171,54 @@ class MailboxKey(SQLModel, table=True):
     created_at: float
 
 
+class ArchiveEntry(SQLModel, table=True):
+    """One accepted message in the records archive, chained to the one before.
+
+    `content` is the message as written or as received after decryption,
+    encrypted to the records key; the gateway cannot read it back. Purging
+    clears `content` and keeps the rest, a tombstone: `content_sha256` still
+    proves what was there, so the chain verifies across purges.
+    """
+
+    __tablename__ = "archive_entries"
+    __table_args__ = (
+        Index("ix_archive_at", "at"),
+        Index("ix_archive_message_id", "message_id_header"),
+    )
+
+    seq: int | None = Field(default=None, primary_key=True)
+    at: float
+    direction: str = Field(max_length=10)
+    queue_id: str = Field(max_length=32)
+    mail_from: str = Field(max_length=254)
+    recipients: str = Field(sa_column=Column(Text, nullable=False))
+    message_id_header: str | None = Field(default=None, max_length=998)
+    size: int
+    sha256: str = Field(max_length=64)
+    decision: str = Field(default="", max_length=500)
+    content: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    content_sha256: str = Field(max_length=64)
+    retain_until: float
+    hold_reason: str | None = Field(default=None, sa_column=Column(Text))
+    held_at: float | None = None
+    purged_at: float | None = None
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class ArchiveCheckpoint(SQLModel, table=True):
+    """The archive's entry count and head hash, signed with a domain key."""
+
+    __tablename__ = "archive_checkpoints"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: float
+    entries: int
+    head_hash: str = Field(max_length=64)
+    signer: str = Field(max_length=64)
+    signature: str = Field(sa_column=Column(Text, nullable=False))
+
+
 class AuditEvent(SQLModel, table=True):
     """Who did what, when, from where; each row chained to the one before."""
 
@@ -196,4 +244,6 @@ mailboxes = Mailbox.__table__  # type: ignore[attr-defined]
 mailbox_entries = MailboxEntry.__table__  # type: ignore[attr-defined]
 audit_events = AuditEvent.__table__  # type: ignore[attr-defined]
 keys = Key.__table__  # type: ignore[attr-defined]
+archive_entries = ArchiveEntry.__table__  # type: ignore[attr-defined]
+archive_checkpoints = ArchiveCheckpoint.__table__  # type: ignore[attr-defined]
 mailbox_keys = MailboxKey.__table__  # type: ignore[attr-defined]
