@@ -140,7 +140,8 @@ class KeysSettings(_Section):
         "curve25519", description="Algorithm of new domain and user keys."
     )
     expires_days: int = Field(
-        730, ge=0, description="Validity of new domain and user keys; 0 for none."
+        730, ge=0, description="Days new domain keys are valid; 0 for no expiry. "
+        "User keys do not expire: renewing one would need its owner's password.",
     )
     site_secret: Path = Field(
         Path("var/keys/site.secret"),

@@ -16,14 +16,18 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
 from beep_mail.config import Settings
-from beep_mail.crypto import openpgp
+from beep_mail.crypto import atrest, openpgp
 from beep_mail.crypto.openpgp import PublicKey, SecretKey, UnlockedKey
+from beep_mail.policy.address import AddressError, parse_envelope_address
+from beep_mail.store import accounts
 from beep_mail.store import keys as key_store
 from beep_mail.store.keys import RECOVERY_OWNER, KeyRecord
 
@@ -115,6 +119,21 @@ def unlock_domain_keys(engine: Engine, settings: Settings,
     return unlocked
 
 
+def unlock_retired_domain_keys(engine: Engine, settings: Settings,
+                               domains: Sequence[str]) -> list[UnlockedKey]:
+    """Retired domain keys: they sign nothing, but mail a peer encrypted to
+    one before it learned our new key must still open."""
+    passphrase = site_secret(settings)
+    unlocked: list[UnlockedKey] = []
+    with engine.connect() as connection:
+        for domain in domains:
+            for record in key_store.keys_of(connection, "domain", domain, ("retired",)):
+                if record.secret_key is not None:
+                    unlocked.append(openpgp.load_secret(record.secret_key)
+                                    .unlock(passphrase))
+    return unlocked
+
+
 def recovery_key(connection: Connection) -> PublicKey:
     record = key_store.active_key(connection, "recovery", RECOVERY_OWNER)
     if record is None:
@@ -200,3 +219,217 @@ def pin(connection: Connection, fingerprint: str, owner: str | None = None) -> K
             key_store.set_state(connection, old.id, "retired", pinned=False)
     key_store.set_state(connection, record.id, "active", pinned=True)
     return key_store.get_key(connection, record.id)
+
+
+# -- administration: what `beepmail key ...` and `user recover` change --------------
+#
+# Each function works inside the caller's transaction, so that the change and
+# its audit event commit together. Slow work (key generation) happens before.
+
+EXPIRY_WARNING_DAYS = 30
+
+
+@dataclass(frozen=True)
+class Installed:
+    """A key that became active, and the keys it replaced (now retired)."""
+
+    record: KeyRecord
+    retired: tuple[KeyRecord, ...]
+    changed: bool = True
+
+
+@dataclass(frozen=True)
+class PeerImport:
+    """What storing a correspondent's key did."""
+
+    record: KeyRecord
+    update: bool  # a new copy of a key already stored for this owner
+
+
+def owners_of(key: PublicKey) -> list[str]:
+    """Whom a correspondent's key speaks for, read from its user IDs.
+
+    postmaster@DOMAIN stands for the whole domain; any other address for itself.
+    Owners are in the spelling mail is looked up by (see `policy.address`).
+    """
+    owners: list[str] = []
+    for email in key.emails:
+        try:
+            address = parse_envelope_address(email, smtputf8=True)
+        except AddressError as error:
+            raise KeyringError(
+                f"key {key.fingerprint}: a user ID has an unusable address: {error}"
+            ) from None
+        assert address is not None  # only the empty sender parses to None
+        owner = address.domain if address.local.lower() == "postmaster" else address.key
+        if owner not in owners:
+            owners.append(owner)
+    return owners
+
+
+def unusable(key: PublicKey, now: float | None = None) -> str | None:
+    """Why a key must not become a new trust anchor; None if it may."""
+    moment = time.time() if now is None else now
+    if key.revoked:
+        return "is revoked"
+    if key.expires is not None and key.expires <= moment:
+        return "has expired"
+    if not (key.can_encrypt or key.can_sign):
+        return "can neither encrypt nor sign"
+    return None
+
+
+def store_peer_key(connection: Connection, key: PublicKey, owner: str, *,
+                   pin: bool) -> PeerImport:
+    """A correspondent's key: new (see `import_peer`), or a new copy of a known one.
+
+    A new copy may carry a revocation or a new expiry: it replaces the stored
+    text, and a revocation makes the key revoked here too. A revoked key never
+    becomes usable again by importing an older copy of it.
+    """
+    problem = unusable(key)
+    known = key_store.find_fingerprint(connection, key.fingerprint, kind="peer",
+                                       owner=owner)
+    if known is None:
+        if problem is not None:
+            raise KeyringError(f"key {key.fingerprint} {problem}")
+        return PeerImport(import_peer(connection, key, owner, pin=pin), update=False)
+
+    stored_revoked = known.state == "revoked" or public(known).revoked
+    if not stored_revoked or key.revoked:
+        if known.state == "active":
+            import_peer(connection, key, owner, pin=False)  # replaces the text
+        else:
+            key_store.set_state(connection, known.id, known.state,
+                                public_key=key.armored)
+    if key.revoked or stored_revoked:
+        key_store.set_state(connection, known.id, "revoked", pinned=False)
+    elif pin and problem is None:
+        pin_owner(connection, key.fingerprint, owner)
+    return PeerImport(key_store.get_key(connection, known.id), update=True)
+
+
+def pin_owner(connection: Connection, fingerprint: str, owner: str) -> Installed:
+    """`pin` for one owner's copy of a key; says which keys it retired."""
+    before = key_store.keys_of(connection, "peer", owner, ("active", "pending"))
+    record = pin(connection, fingerprint, owner)
+    retired = tuple(r for r in before if r.id != record.id)
+    return Installed(record, retired)
+
+
+def make_domain_key(settings: Settings, domain: str) -> SecretKey:
+    """A new domain key, locked by the site secret. Slow: before the transaction."""
+    return openpgp.generate(
+        f"beep-mail gateway for {domain}", f"postmaster@{domain}",
+        passphrase=site_secret(settings, create=True),
+        algorithm=settings.keys.algorithm,
+        expires_days=settings.keys.expires_days or None,
+    )
+
+
+def install_domain_key(connection: Connection, domain: str,
+                       secret: SecretKey) -> Installed:
+    """The new key signs from now on; the old ones stay, retired, to verify."""
+    retired = _retire(connection, "domain", domain)
+    return Installed(store_secret(connection, "domain", domain, secret), retired)
+
+
+def rotate_user_key(connection: Connection, address: str, secret: SecretKey,
+                    mailbox_key: bytes) -> Installed:
+    """A user's new key (same password), with the mailbox key wrapped to it."""
+    user = accounts.find_user(connection, address)
+    if user is None:
+        raise KeyringError(f"no user {address}")
+    wrapped = atrest.wrap_key(mailbox_key, [secret.public, recovery_key(connection)])
+    retired = _retire(connection, "user", user.address)
+    record = store_secret(connection, "user", user.address, secret)
+    key_store.put_mailbox_key(connection, user.id, wrapped, secret.public.fingerprint)
+    return Installed(record, retired)
+
+
+def install_recovery_key(connection: Connection, key: PublicKey) -> Installed:
+    """The organisation's recovery key (public part only); the previous one retires.
+
+    Mailbox keys wrapped before stay wrapped to the retired key until they are
+    wrapped again (a user key rotation or a recovery does it).
+    """
+    try:
+        openpgp.check_encryption_key(key)
+    except openpgp.KeyProblem as error:
+        raise KeyringError(f"not usable as the recovery key: {error}") from None
+    known = key_store.find_fingerprint(connection, key.fingerprint, kind="recovery",
+                                       owner=RECOVERY_OWNER)
+    if known is not None and known.state == "active":
+        return Installed(known, (), changed=False)
+    if known is not None and known.state == "revoked":
+        raise KeyringError(f"recovery key {key.fingerprint} was revoked")
+
+    retired = _retire(connection, "recovery", RECOVERY_OWNER)
+    if known is not None:  # a retired recovery key comes back
+        key_store.set_state(connection, known.id, "active", pinned=True,
+                            public_key=key.armored)
+        return Installed(key_store.get_key(connection, known.id), retired)
+    record = key_store.add_key(
+        connection, kind="recovery", owner=RECOVERY_OWNER,
+        fingerprint=key.fingerprint, public_key=key.armored, pinned=True,
+        created_at=key.created, expires_at=key.expires,
+    )
+    return Installed(record, retired)
+
+
+def _retire(connection: Connection, kind: str, owner: str) -> tuple[KeyRecord, ...]:
+    old = key_store.keys_of(connection, kind, owner)
+    for record in old:
+        key_store.set_state(connection, record.id, "retired")
+    return tuple(old)
+
+
+def unlock_own(settings: Settings, record: KeyRecord,
+               password: str | None = None) -> UnlockedKey:
+    """The secret part of one of our keys: domain keys open with the site secret,
+    a user's key with the user's password."""
+    if record.secret_key is None:
+        raise KeyringError(f"key {record.fingerprint} has no secret part here")
+    passphrase = site_secret(settings) if record.kind == "domain" else password
+    if passphrase is None:
+        raise KeyringError(f"key {record.fingerprint} needs the user's password")
+    return openpgp.load_secret(record.secret_key).unlock(passphrase)
+
+
+def revoke_own(connection: Connection, record: KeyRecord, unlocked: UnlockedKey,
+               reason: str = "") -> KeyRecord:
+    """Revoke one of our keys: the stored public part carries the revocation,
+    ready to be exported to peers."""
+    if unlocked.public.fingerprint != record.fingerprint:
+        raise KeyringError(f"the unlocked key is not {record.fingerprint}")
+    revoked = openpgp.revoke(unlocked, reason)
+    key_store.set_state(connection, record.id, "revoked", public_key=revoked.armored)
+    return key_store.get_key(connection, record.id)
+
+
+def mark_revoked(connection: Connection, record: KeyRecord) -> KeyRecord:
+    """Stop trusting a key whose secret part we do not hold (a peer's)."""
+    key_store.set_state(connection, record.id, "revoked", pinned=False)
+    return key_store.get_key(connection, record.id)
+
+
+def key_expiry(record: KeyRecord) -> float | None:
+    """When a stored key expires, read from the key itself where it parses."""
+    try:
+        return public(record).expires
+    except (KeyringError, openpgp.OpenPGPError):
+        return record.expires_at
+
+
+def expiring(records: Sequence[KeyRecord], now: float | None = None,
+             days: int = EXPIRY_WARNING_DAYS) -> list[tuple[KeyRecord, float]]:
+    """Active keys that expire within `days` (or have expired), with the moment."""
+    moment = time.time() if now is None else now
+    found: list[tuple[KeyRecord, float]] = []
+    for record in records:
+        if record.state != "active":
+            continue
+        expires = key_expiry(record)
+        if expires is not None and expires - moment <= days * 86400:
+            found.append((record, expires))
+    return found

@@ -21,7 +21,7 @@ from beep_mail import logs
 from beep_mail.config import Settings
 from beep_mail.policy.routing import DomainTable
 from beep_mail.protection import Protected, Stage
-from beep_mail.store import accounts
+from beep_mail.store import accounts, audit
 from beep_mail.smtp.content import check_line_endings, check_structure
 from beep_mail.store import queue as queue_store
 from beep_mail.store.engine import Database
@@ -106,12 +106,23 @@ class Pipeline:
                 connection, message_id=incoming.queue_id,
                 direction=incoming.direction, mail_from=incoming.mail_from,
                 content=protected.content, local_content=protected.local_content,
+                held_content=protected.held_content,
                 recipients=recipients, held=protected.held, size=size,
                 lifetime=self.settings.delivery.lifetime,
                 message_id_header=(message_id_header or "")[:998] or None,
                 transfer_id=transfer_id, auth_user=incoming.auth_user,
                 client_addr=incoming.client_addr,
             )
+            if protected.quarantined:
+                # A policy decision like a refusal, audited with the message
+                # it kept, in the same transaction.
+                audit.record(connection, f"smtp:{incoming.client_addr}",
+                             "smtp.quarantined", incoming.mail_from,
+                             {"reason": protected.quarantined,
+                              "sender": incoming.mail_from, "role": incoming.role,
+                              "queue_id": incoming.queue_id,
+                              "rcpts": [r.address for r in recipients]},
+                             incoming.client_addr)
 
     def _transfer_id(self, incoming: Incoming) -> str | None:
         """The sending gateway's id for this transfer, to drop a repeated one.

@@ -45,8 +45,10 @@ T = TypeVar("T")
 # An inbound message larger than this once decrypted is refused.
 MAX_DECRYPTED = 64 * 1024 * 1024
 
+# White space before the colon is the obsolete syntax of RFC 5322 section 4.5,
+# which readers still accept: such a copy is a copy all the same.
 _VERIFICATION = re.compile(
-    rb"^" + pgpmime.VERIFICATION_HEADER.encode() + rb":.*(?:\r\n[ \t].*)*\r\n",
+    rb"^" + pgpmime.VERIFICATION_HEADER.encode() + rb"[ \t]*:.*(?:\r\n[ \t].*)*\r\n",
     re.IGNORECASE | re.MULTILINE,
 )
 
@@ -64,8 +66,10 @@ class Refused(Exception):
 class Protected:
     content: bytes | None = None          # for next hops
     local_content: bytes | None = None    # sealed for local users
+    held_content: bytes | None = None     # sealed to our domain key, for wait-key
     held: set[str] = field(default_factory=set)  # recipients whose rows wait
     verification: str = ""                # what inbound verification found
+    quarantined: str = ""                 # why unverified inbound mail is held
 
 
 @dataclass(frozen=True)
@@ -92,10 +96,13 @@ def recipient_key_state(connection: Connection, table: DomainTable, address: str
 
 class Stage:
     def __init__(self, db: Database, signers: dict[str, UnlockedKey],
-                 executor: ThreadPoolExecutor) -> None:
+                 executor: ThreadPoolExecutor,
+                 retired: Sequence[UnlockedKey] = ()) -> None:
         self.db = db
         self.signers = signers
         self.executor = executor
+        # Inbound mail opens with any of our domain keys, retired ones too.
+        self.decryption_keys = [*signers.values(), *retired]
 
     async def _cpu(self, fn: Callable[..., T], *args: Any) -> T:
         """CPU-bound OpenPGP work, off the event loop."""
@@ -127,9 +134,16 @@ class Stage:
             result.content = await self._cpu(pgpmime.protect, content, keys, signer)
         elif plain:
             result.content = content
-        if locals_ or holds:
-            extra = [self._signer(sender_domain).public] if holds else []
-            result.local_content = await self._seal(locals_, content, extra)
+        # An officer's message states no verification result to a colleague:
+        # only the gateway writes that field, on inbound mail.
+        if locals_:
+            result.local_content = await self._seal(locals_, _unstamped(content))
+        if holds:
+            # The gateway itself must open this copy once the key arrives, so it
+            # is sealed to our domain key, and to nothing else.
+            domain_key = self._signer(sender_domain).public
+            result.held_content = await self._cpu(atrest.seal_for, _unstamped(content),
+                                                  [domain_key])
         return result, routed
 
     def _states(self, engine: object, remotes: Sequence[NewRecipient],
@@ -170,18 +184,20 @@ class Stage:
             verifiers = await self.db.run(self._verifiers, sender, sender_domain)
             try:
                 opened = await self._cpu(functools.partial(
-                    pgpmime.unprotect, content, list(self.signers.values()), verifiers,
+                    pgpmime.unprotect, content, self.decryption_keys, verifiers,
                     max_size=MAX_DECRYPTED, sender=sender))
             except (pgpmime.PGPMIMEError, openpgp.OpenPGPError) as error:
                 raise Refused(replies.UNDECRYPTABLE.format(reason=_reason(error)),
                               "undecryptable") from None
             assert isinstance(opened, pgpmime.Unprotected)
             signature, plaintext = opened.signature, opened.message
+            sender_matches = opened.sender_matches
             verification = f"signature={signature}; encrypted=yes"
         else:
             signature, plaintext = "missing", _stamp(content, "signature=missing; "
                                                      "encrypted=no")
             verification = "signature=missing; encrypted=no"
+            sender_matches = None
             if policy != "none":
                 return await self._unverified(policy, "plaintext", locals_, plaintext,
                                               verification,
@@ -192,6 +208,13 @@ class Stage:
             return await self._unverified(policy, f"signature-{signature}", locals_,
                                           plaintext, verification,
                                           replies.BAD_SIGNATURE.format(state=signature))
+        if policy != "none" and sender_matches is False:
+            # A valid signature vouches for the peer whose key made it, not for
+            # whatever From the message claims.
+            return await self._unverified(policy, "sender-mismatch", locals_,
+                                          plaintext, verification,
+                                          replies.SIGNER_MISMATCH.format(
+                                              domain=sender_domain))
         return Protected(local_content=await self._seal(locals_, plaintext),
                          verification=verification)
 
@@ -201,7 +224,8 @@ class Stage:
             # Quarantine: kept sealed, rows held for an administrator.
             sealed = await self._seal(locals_, plaintext)
             return Protected(local_content=sealed, held=set(locals_),
-                             verification=f"{verification}; quarantined={action}")
+                             verification=f"{verification}; quarantined={action}",
+                             quarantined=action)
         raise Refused(reply, action)
 
     def _verifiers(self, engine: object, sender: str, domain: str) -> list[PublicKey]:
@@ -211,10 +235,15 @@ class Stage:
 
 def _stamp(message: bytes, verification: str) -> bytes:
     """Our verification header on top, every copy from outside removed first."""
+    line = f"{pgpmime.VERIFICATION_HEADER}: {verification}\r\n".encode("ascii")
+    return line + _unstamped(message)
+
+
+def _unstamped(message: bytes) -> bytes:
+    """The message without any verification header, in any case or folding."""
     head, sep, body = message.partition(b"\r\n\r\n")
     head = _VERIFICATION.sub(b"", head + b"\r\n").rstrip(b"\r\n")
-    line = f"{pgpmime.VERIFICATION_HEADER}: {verification}\r\n".encode("ascii")
-    return line + head + sep + body
+    return head + sep + body
 
 
 def _reason(error: Exception) -> str:

@@ -46,13 +46,13 @@ class Service:
         settings = self.settings
         self.db = Database(settings.database_url, settings.database.max_size_mb)
         await asyncio.to_thread(self.db.migrate)
-        signers = await asyncio.to_thread(self._domain_keys, self.db)
+        signers, retired = await asyncio.to_thread(self._domain_keys, self.db)
 
         # OpenPGP work gets threads of its own, so that a large message being
         # encrypted never waits behind database calls, nor they behind it.
         self._crypto = ThreadPoolExecutor(2, thread_name_prefix="openpgp")
-        stage = Stage(self.db, signers, self._crypto)
-        self.delivery = DeliveryAgent(self.db, settings, signers)
+        stage = Stage(self.db, signers, self._crypto, retired)
+        self.delivery = DeliveryAgent(self.db, settings, signers, retired)
         pipeline = Pipeline(self.db, settings, stage, on_queued=self.delivery.notify)
         if settings.delivery.enabled:
             self._delivery_task = asyncio.create_task(self.delivery.run())
@@ -87,14 +87,18 @@ class Service:
             await listener.start()
             self.listeners[role] = listener
 
-    def _domain_keys(self, db: Database) -> dict[str, UnlockedKey]:
-        """Unlock the key of every local domain, making one where none exists."""
+    def _domain_keys(
+        self, db: Database
+    ) -> tuple[dict[str, UnlockedKey], list[UnlockedKey]]:
+        """Unlock the key of every local domain, making one where none exists;
+        and the retired ones, which still decrypt."""
         with db.engine.begin() as connection:
             local = [d.name for d in accounts.load_domains(connection)
                      if d.role == "local"]
             for domain in local:
                 keyring.ensure_domain_key(connection, self.settings, domain)
-        return keyring.unlock_domain_keys(db.engine, self.settings, local)
+        return (keyring.unlock_domain_keys(db.engine, self.settings, local),
+                keyring.unlock_retired_domain_keys(db.engine, self.settings, local))
 
     def port(self, role: str) -> int:
         return self.listeners[role].port

@@ -47,9 +47,10 @@ def _aad(user_id: int) -> bytes:
 def make_user_key(settings: Settings, address: str, name: str,
                   password: str) -> openpgp.SecretKey:
     """Slow (key generation): call before opening the write transaction."""
+    # A user's key does not expire: renewing it would need the password, and an
+    # expired key would stop the user's mail. Domain keys carry the expiry.
     return openpgp.generate(name or address, address, passphrase=password,
-                            algorithm=settings.keys.algorithm,
-                            expires_days=settings.keys.expires_days or None)
+                            algorithm=settings.keys.algorithm)
 
 
 def create_user(connection: Connection, address: str, name: str, password_hash: str,
@@ -131,14 +132,15 @@ def seal_for_mailbox(keys: Keys, plaintext: bytes) -> bytes:
 def reseal_new_entries(engine: Engine, keys: Keys, limit: int = 500) -> int:
     """Move entries sealed at delivery under the mailbox key; returns how many."""
     query = (select(mailbox_entries.c.id, mailbox_entries.c.content)
-             .where(mailbox_entries.c.user_id == keys.user_id)
-             .limit(limit))
+             .where(mailbox_entries.c.user_id == keys.user_id))
     moved = 0
     with engine.begin() as connection:
         for entry_id, blob in connection.execute(query).all():
             blob = bytes(blob)
             if not atrest.is_sealed_for(blob):
                 continue
+            if moved >= limit:
+                break
             plaintext = atrest.open_sealed_for(blob, keys.user_key)
             connection.execute(update(mailbox_entries)
                                .where(mailbox_entries.c.id == entry_id)

@@ -1,7 +1,7 @@
 """The `beepmail` command: the app, site-wide commands, and error reporting.
 
 `init` sets up a site folder, `serve` runs the gateway, `status` says how it
-is doing. Nouns have their own modules (user, domain, queue). Whatever a
+is doing. Nouns have their own modules (user, domain, key, queue). Whatever a
 command raises that the layers below meant for people (a bad setting, an
 unknown user, a busy database) leaves as one `Error: ...` line on stderr and
 exit code 1; an interrupt exits with 130. No traceback reaches the user.
@@ -22,6 +22,7 @@ from typer.core import TyperGroup
 
 from beep_mail import config
 from beep_mail.cli import domain, queue, template, user
+from beep_mail.cli import key as key_cli
 from beep_mail.cli.common import (
     CLIError,
     ConfigOption,
@@ -47,6 +48,11 @@ from beep_mail.store.engine import StoreError, translated
 from beep_mail.store.queue import QueueError
 
 # Errors meant for people: their message is shown as it is.
+from beep_mail.crypto.openpgp import OpenPGPError  # noqa: E402
+from beep_mail.keyring import KeyringError  # noqa: E402
+from beep_mail.store.keys import KeyStoreError  # noqa: E402
+from beep_mail.vault import VaultError  # noqa: E402
+
 DOMAIN_ERRORS: tuple[type[Exception], ...] = (
     ConfigError,
     StoreError,
@@ -55,6 +61,10 @@ DOMAIN_ERRORS: tuple[type[Exception], ...] = (
     PasswordPolicyError,
     AddressError,
     CLIError,
+    KeyringError,
+    KeyStoreError,
+    VaultError,
+    OpenPGPError,
     OSError,
 )
 
@@ -94,13 +104,14 @@ class _Group(TyperGroup):
 app = typer.Typer(
     cls=_Group,
     name="beepmail",
-    help="Administer a beep-mail gateway: site, users, domains and queue.",
+    help="Administer a beep-mail gateway: site, users, domains, keys and queue.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 app.add_typer(user.app, name="user")
 app.add_typer(domain.app, name="domain")
+app.add_typer(key_cli.app, name="key")
 app.add_typer(queue.app, name="queue")
 
 
@@ -329,6 +340,8 @@ def _status(settings: Settings) -> dict[str, Any]:
         "oldest_deferred": None,
         "users": None,
         "domains": None,
+        "keys": None,
+        "key_warnings": [],
     }
     try:
         with database(settings) as db, translated():
@@ -337,6 +350,7 @@ def _status(settings: Settings) -> dict[str, Any]:
             oldest = store_queue.oldest_deferred(db.engine)
             found["users"] = accounts.count_users(db.engine)
             found["domains"] = accounts.count_domains(db.engine)
+            found["keys"], found["key_warnings"] = key_cli.status_part(db.engine)
     except StoreError as error:
         found["database"]["error"] = describe(error)
         return found
@@ -384,6 +398,8 @@ def _print_status(found: dict[str, Any]) -> None:
         rows.append(("Oldest deferred", _oldest_line(found["oldest_deferred"])))
         rows.append(("Users", found["users"]))
         rows.append(("Domains", found["domains"]))
+        rows.append(("Keys", "  ".join(f"{k} {n}" for k, n in found["keys"].items())))
+        rows.extend(("Warning", w["message"]) for w in found["key_warnings"])
     fields(rows)
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from beep_mail import vault
 from beep_mail.cli.common import (
     CLIError,
     ConfigOption,
@@ -29,16 +30,24 @@ from beep_mail.cli.common import (
     timestamps,
     transaction,
 )
+from beep_mail.cli.key import (
+    PassphraseStdinOption,
+    key_errors,
+    read_secret,
+    within,
+)
 from beep_mail.config import Settings
-from beep_mail import vault
+from beep_mail.crypto import openpgp
 from beep_mail.crypto.passwords import Passwords
 from beep_mail.policy.address import parse_envelope_address
 from beep_mail.store import accounts, audit
+from beep_mail.store import keys as key_store
 from beep_mail.store.accounts import AccountError, UserRecord
 from beep_mail.store.engine import Database, translated
 
 app = typer.Typer(
-    help="Officers' accounts: add, list, show, disable, enable, passwd, remove.",
+    help="Officers' accounts: add, list, show, disable, enable, passwd, recover, "
+    "remove.",
     no_args_is_help=True,
 )
 
@@ -234,8 +243,68 @@ def passwd(
             vault.replace_user_key(connection, key, secret)
             audit.record(connection, actor(), "user.passwd", key,
                          {"key": secret.public.fingerprint})
-    say(f"Password of {key} reset. Mail stored before now needs: "
-        f"beepmail user recover {key} --recovery-key FILE")
+    say(f"Password of {key} reset. The mailbox opens again once the records "
+        f"office runs: beepmail user recover {key} --recovery-key FILE")
+
+
+@app.command()
+def recover(
+    address: AddressArgument,
+    recovery_key: Annotated[
+        Path,
+        typer.Option(
+            "--recovery-key",
+            metavar="FILE",
+            dir_okay=False,
+            help="The organisation's recovery key: its armoured secret part.",
+        ),
+    ],
+    passphrase_stdin: PassphraseStdinOption = False,
+    config_file: ConfigOption = None,
+) -> None:
+    """Give a user back the mail stored before a password reset.
+
+    The recovery key opens the user's mailbox key, which is then wrapped to
+    the user's current key. Its secret part is read from FILE, used in memory
+    and never stored.
+    """
+    settings = load_settings(config_file)
+    key = user_key(address)
+    with key_errors(), database(settings) as db:
+        _require_user(db, key)
+        secret = _recovery_secret(db, recovery_key)
+        passphrase = read_secret(
+            "Recovery key passphrase", passphrase_stdin, "--passphrase-stdin"
+        )
+        try:
+            unlocked = secret.unlock(passphrase)
+        except openpgp.KeyProblem:
+            raise CLIError(f"the passphrase does not open {recovery_key}") from None
+
+        with transaction(db) as connection:
+            resealed = vault.recover(within(connection), key, unlocked)
+            audit.record(connection, actor(), "user.recover", key, {
+                "recovery_key": unlocked.public.fingerprint,
+                "resealed": resealed,
+            })
+    say(f"Recovered the mail of {key}: its mailbox key is wrapped to the current "
+        f"key again, and {resealed} entries were re-sealed.")
+
+
+def _recovery_secret(db: Database, path: Path) -> openpgp.SecretKey:
+    """The recovery key from FILE, if it is one this gateway has used."""
+    secret = openpgp.load_secret(path.read_text(encoding="ascii", errors="replace"))
+    fingerprint = secret.public.fingerprint
+    with translated(), db.engine.connect() as connection:
+        known = key_store.find_fingerprint(
+            connection, fingerprint, kind="recovery", owner=key_store.RECOVERY_OWNER
+        )
+    if known is None:
+        raise CLIError(
+            f"{path} holds key {fingerprint}, which is not a recovery key of this "
+            "gateway"
+        )
+    return secret
 
 
 @app.command()

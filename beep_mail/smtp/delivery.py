@@ -32,6 +32,7 @@ import aiosmtplib
 from beep_mail import keyring, logs, vault
 from beep_mail.config import Settings
 from beep_mail.crypto import atrest, pgpmime
+from beep_mail.crypto.openpgp import OpenPGPError
 from beep_mail.crypto.tls import client_context
 from beep_mail.pipeline import TRANSFER_HEADER
 from beep_mail.policy.routing import DomainTable
@@ -96,10 +97,12 @@ def _dead_local_owner(owner: str) -> bool:
 
 class DeliveryAgent:
     def __init__(self, db: Database, settings: Settings,
-                 signers: dict[str, Any] | None = None) -> None:
+                 signers: dict[str, Any] | None = None,
+                 retired: Sequence[Any] = ()) -> None:
         self.db = db
         self.settings = settings
         self.signers = signers or {}
+        self.retired = list(retired)
         self.owner = worker_name()
         self.wake = asyncio.Event()
         self._stopping = False
@@ -170,21 +173,37 @@ class DeliveryAgent:
     async def _attempt(self, rows: list[Claimed]) -> None:
         first = rows[0]
         token = logs.message_id.set(first.message_id)
+        remote_copy: bytes | None = None
         try:
             remote_copy, local_copy = await self.db.run(queue_store.load_copies,
                                                         first.message_id)
+            held_copy = (await self.db.run(queue_store.load_held, first.message_id)
+                         if first.route == "wait-key" else None)
             if first.route == "local" and local_copy is not None:
-                await self._deliver_local(rows, local_copy)
+                size = await self.db.run(queue_store.message_size, first.message_id)
+                await self._deliver_local(rows, local_copy, size)
                 return
-            if first.route == "wait-key" and local_copy is not None:
+            if first.route == "wait-key" and held_copy is not None:
                 # Held until a key came; encrypt to it now (see protection.py).
-                outcomes = await self._deliver_held(rows, local_copy)
+                outcomes = await self._deliver_held(rows, held_copy)
             elif first.route in ("remote", "plain") and remote_copy is not None:
                 outcomes = await self._deliver_remote(rows, remote_copy)
             else:
                 outcomes = _all(rows, Outcome("permanent", "5.3.0",
                                               "message content is missing"))
             await self._settle(rows, outcomes, remote_copy or b"")
+        except StoreError as error:
+            # The lease runs out and the rows come back; nothing to settle now.
+            logs.event(log, "attempt-failed", logging.WARNING, reason=str(error))
+        except Exception as error:  # noqa: BLE001 - an unclassified error is temporary
+            log.error("event=attempt-crash conn=- msg=%s error=%s", first.message_id,
+                      type(error).__name__, exc_info=error)
+            outcome = Outcome("temporary", "4.3.0",
+                              f"local error: {type(error).__name__}")
+            try:
+                await self._settle(rows, _all(rows, outcome), remote_copy or b"")
+            except Exception:  # noqa: BLE001 - the lease will bring the rows back
+                log.exception("event=settle-failed msg=%s", first.message_id)
         finally:
             logs.message_id.reset(token)
 
@@ -206,16 +225,31 @@ class DeliveryAgent:
         if any(key is None for key in found):
             return _all(rows, Outcome("temporary", "4.7.1",
                                       "still no encryption key for this recipient"))
-        plaintext = await asyncio.to_thread(atrest.open_sealed_for, sealed, signer)
-        wire = await asyncio.to_thread(pgpmime.protect, plaintext, found, signer)
+        try:
+            plaintext = await asyncio.to_thread(self._open_held, sealed)
+            wire = await asyncio.to_thread(pgpmime.protect, plaintext, found, signer)
+        except (OpenPGPError, pgpmime.PGPMIMEError) as error:
+            return _all(rows, Outcome("temporary", "4.7.0",
+                                      f"cannot encrypt the held message: {error}"))
         return await self._deliver_remote(rows, wire)
 
-    async def _deliver_local(self, rows: list[Claimed], content: bytes) -> None:
+    def _open_held(self, sealed: bytes) -> bytes:
+        """Open with the domain key it was sealed to, a retired one included."""
+        last: Exception | None = None
+        for key in [*self.signers.values(), *self.retired]:
+            try:
+                return atrest.open_sealed_for(sealed, key)
+            except OpenPGPError as error:
+                last = error
+        raise last or OpenPGPError("no domain key to open the held message")
+
+    async def _deliver_local(self, rows: list[Claimed], content: bytes,
+                             size: int | None = None) -> None:
         for row in rows:
             key = f"t:{row.transfer_id}" if row.transfer_id else f"q:{row.id}"
             try:
                 done = await self.db.run(queue_store.deliver_local, row, self.owner,
-                                         content, key)
+                                         content, key, size)
             except queue_store.QueueError:
                 outcome = Outcome("permanent", "5.1.1", "550 5.1.1 mailbox no longer exists")
                 await self._settle([row], {row.id: outcome}, content)

@@ -29,6 +29,7 @@ from beep_mail.smtp.content import ContentError
 from beep_mail.smtp.replies import Reply
 from beep_mail.smtp.throttle import Throttle
 from beep_mail.crypto.openpgp import OpenPGPError
+from beep_mail.crypto.pgpmime import PGPMIMEError
 from beep_mail.keyring import KeyringError
 from beep_mail.protection import Refused, recipient_key_state
 from beep_mail.store import accounts, audit
@@ -161,6 +162,10 @@ class BaseHandler:
         except Refused as refusal:
             return self._refuse(server, refusal.reply, refusal.action,
                                 sender=incoming.mail_from,
+                                user=incoming.auth_user)
+        except PGPMIMEError as error:
+            return self._refuse(server, replies.CANNOT_PROTECT.format(reason=error),
+                                "cannot-protect", sender=incoming.mail_from,
                                 user=incoming.auth_user)
         except (KeyringError, OpenPGPError) as error:
             # A key of ours is missing or unusable: the site needs its
@@ -326,7 +331,8 @@ class SubmissionHandler(BaseHandler):
         if envelope_plain is not None and envelope_plain != plain:
             # One copy leaves for next hops: encrypted, or (for domains an
             # administrator marked encryption = none) in clear; not both.
-            return str(replies.MIXED_PLAIN.format(address=rcpt.key))
+            return self._refuse(server, replies.MIXED_PLAIN.format(address=rcpt.key),
+                                "mixed-plain", rcpt=rcpt.key, user=user)
         session.beep_plain = plain  # type: ignore[attr-defined]
         return None
 

@@ -91,6 +91,10 @@ MUST_ENCRYPT = Reply(
 BAD_SIGNATURE = Reply(
     550, "5.7.7", "The OpenPGP signature could not be verified ({state})"
 )
+SIGNER_MISMATCH = Reply(
+    550, "5.7.1", "The message is signed, but not by {domain}, whose mail it claims to be"
+)
+CANNOT_PROTECT = Reply(554, "5.6.0", "The message cannot be encrypted: {reason}")
 UNDECRYPTABLE = Reply(554, "5.7.5", "The encrypted message could not be opened: {reason}")
 
 # The message.

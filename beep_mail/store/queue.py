@@ -84,7 +84,8 @@ def accept(connection: Connection, *, message_id: str, direction: str, mail_from
            message_id_header: str | None = None, transfer_id: str | None = None,
            auth_user: str | None = None, client_addr: str | None = None,
            hold: bool = False, local_content: bytes | None = None,
-           held: Collection[str] = (), size: int | None = None) -> None:
+           held: Collection[str] = (), size: int | None = None,
+           held_content: bytes | None = None) -> None:
     """Insert the message and its queue rows in the caller's transaction.
 
     `content` is the copy for next hops, `local_content` the sealed copy for
@@ -98,7 +99,7 @@ def accept(connection: Connection, *, message_id: str, direction: str, mail_from
         id=message_id, received_at=now, direction=direction, mail_from=mail_from,
         size=size, message_id_header=message_id_header,
         transfer_id=transfer_id, auth_user=auth_user, client_addr=client_addr,
-        content=content, local_content=local_content,
+        content=content, local_content=local_content, held_content=held_content,
     ))
     connection.execute(queue.insert(), [
         dict(message_id=message_id, recipient=rcpt.address, domain=rcpt.domain,
@@ -172,6 +173,22 @@ def load_content(engine: Engine, message_id: str) -> bytes | None:
         ).scalar()
 
 
+def load_held(engine: Engine, message_id: str) -> bytes | None:
+    """The copy kept for recipients that wait for their key."""
+    with engine.connect() as connection:
+        value = connection.execute(
+            select(messages.c.held_content).where(messages.c.id == message_id)
+        ).scalar()
+    return bytes(value) if value is not None else None
+
+
+def message_size(engine: Engine, message_id: str) -> int | None:
+    with engine.connect() as connection:
+        value = connection.execute(
+            select(messages.c.size).where(messages.c.id == message_id)).scalar()
+    return int(value) if value is not None else None
+
+
 def load_copies(engine: Engine, message_id: str) -> tuple[bytes | None, bytes | None]:
     """(copy for next hops, sealed copy for local users)."""
     with engine.connect() as connection:
@@ -203,7 +220,8 @@ def _drop_content_when_done(connection: Connection, message_id: str) -> None:
     ).scalar()
     if not pending:
         connection.execute(update(messages).where(messages.c.id == message_id)
-                           .values(content=None, local_content=None))
+                           .values(content=None, local_content=None,
+                                   held_content=None))
 
 
 def mark_delivered(engine: Engine, row: Claimed, owner: str, reply: str) -> bool:
@@ -238,19 +256,19 @@ def mark_failed(engine: Engine, row: Claimed, owner: str, status: str, reply: st
 
 
 def deliver_local(engine: Engine, row: Claimed, owner: str, content: bytes,
-                  delivery_key: str) -> bool:
+                  delivery_key: str, size: int | None = None) -> bool:
     """Put the message in the recipient's INBOX and settle the row, atomically."""
     with engine.begin() as connection:
         if not _settle(connection, row.id, owner, state="delivered",
                        last_status="2.0.0", last_reply="delivered to INBOX"):
             return False
-        store_in_inbox(connection, row.recipient, content, delivery_key)
+        store_in_inbox(connection, row.recipient, content, delivery_key, size)
         _drop_content_when_done(connection, row.message_id)
     return True
 
 
 def store_in_inbox(connection: Connection, address: str, content: bytes,
-                   delivery_key: str) -> bool:
+                   delivery_key: str, size: int | None = None) -> bool:
     """Append to INBOX unless this delivery_key is already there (False then)."""
     user = connection.execute(
         select(users.c.id).where(users.c.address == address.lower())
@@ -274,7 +292,8 @@ def store_in_inbox(connection: Connection, address: str, content: bytes,
         with connection.begin_nested():
             connection.execute(mailbox_entries.insert().values(
                 mailbox_id=box.id, user_id=user, uid=box.uidnext,
-                internal_date=time.time(), size=len(content), flags="",
+                internal_date=time.time(),
+                size=len(content) if size is None else size, flags="",
                 delivery_key=delivery_key, content=content,
             ))
     except IntegrityError:

@@ -60,6 +60,9 @@ class Message(SQLModel, table=True):
     # to their keys and the recovery key, so the queue holds no plaintext.
     content: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
     local_content: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    # For recipients waiting for their key: sealed to our domain key, apart from
+    # the local copy, so that a local user's copy never opens with it.
+    held_content: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
 
 
 class QueueEntry(SQLModel, table=True):
