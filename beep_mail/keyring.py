@@ -347,30 +347,34 @@ def rotate_user_key(connection: Connection, address: str, secret: SecretKey,
     return Installed(record, retired)
 
 
-def install_recovery_key(connection: Connection, key: PublicKey) -> Installed:
+def install_recovery_key(connection: Connection, key: PublicKey,
+                         kind: str = "recovery") -> Installed:
     """The organisation's recovery key (public part only); the previous one retires.
 
     Mailbox keys wrapped before stay wrapped to the retired key until they are
-    wrapped again (a user key rotation or a recovery does it).
+    wrapped again (a user key rotation or a recovery does it). With
+    kind="records" the same for the records office's key, which the archive
+    encrypts to.
     """
+    owner = RECOVERY_OWNER if kind == "recovery" else key_store.RECORDS_OWNER
     try:
         openpgp.check_encryption_key(key)
     except openpgp.KeyProblem as error:
-        raise KeyringError(f"not usable as the recovery key: {error}") from None
-    known = key_store.find_fingerprint(connection, key.fingerprint, kind="recovery",
-                                       owner=RECOVERY_OWNER)
+        raise KeyringError(f"not usable as the {kind} key: {error}") from None
+    known = key_store.find_fingerprint(connection, key.fingerprint, kind=kind,
+                                       owner=owner)
     if known is not None and known.state == "active":
         return Installed(known, (), changed=False)
     if known is not None and known.state == "revoked":
-        raise KeyringError(f"recovery key {key.fingerprint} was revoked")
+        raise KeyringError(f"{kind} key {key.fingerprint} was revoked")
 
-    retired = _retire(connection, "recovery", RECOVERY_OWNER)
-    if known is not None:  # a retired recovery key comes back
+    retired = _retire(connection, kind, owner)
+    if known is not None:  # a retired key comes back
         key_store.set_state(connection, known.id, "active", pinned=True,
                             public_key=key.armored)
         return Installed(key_store.get_key(connection, known.id), retired)
     record = key_store.add_key(
-        connection, kind="recovery", owner=RECOVERY_OWNER,
+        connection, kind=kind, owner=owner,
         fingerprint=key.fingerprint, public_key=key.armored, pinned=True,
         created_at=key.created, expires_at=key.expires,
     )

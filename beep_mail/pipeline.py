@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import format_datetime
 from datetime import datetime, timezone
 
+from sqlalchemy import Engine
+
 from beep_mail import logs
+from beep_mail.archive import journal
+from beep_mail.crypto.openpgp import PublicKey
 from beep_mail.config import Settings
 from beep_mail.policy.routing import DomainTable
 from beep_mail.protection import Protected, Stage
@@ -89,8 +94,12 @@ class Pipeline:
             protected, recipients = await self.stage.outbound(
                 content, sender_domain, incoming.recipients, table)
 
+        # The records archive gets the message as written or as received after
+        # decryption, sealed to the records key before the transaction.
+        records_key = await self.db.run(_records_key)
+        sealed = await self.stage._cpu(journal.seal, protected.plaintext, records_key)
         await self.db.run(self._commit, incoming, recipients, protected, len(content),
-                          info.message_id, transfer_id)
+                          info.message_id, transfer_id, sealed)
         logs.event(log, "queued", msg=incoming.queue_id, direction=incoming.direction,
                    size=len(content), nrcpt=len(recipients),
                    held=len(protected.held), verification=protected.verification or "-")
@@ -100,8 +109,25 @@ class Pipeline:
     def _commit(self, engine: object, incoming: Incoming,
                 recipients: Sequence[queue_store.NewRecipient], protected: Protected,
                 size: int, message_id_header: str | None,
-                transfer_id: str | None) -> None:
+                transfer_id: str | None, sealed: journal.Sealed) -> None:
+        at = time.time()
+        # Retention follows the correspondents: where the mail went, or for
+        # inbound mail where it came from.
+        if incoming.role == "inbound":
+            domains = [incoming.mail_from.rpartition("@")[2] or "*"]
+        else:
+            domains = sorted({r.domain for r in recipients})
         with self.db.engine.begin() as connection:
+            journal.append(
+                connection, sealed, direction=incoming.direction,
+                queue_id=incoming.queue_id, mail_from=incoming.mail_from,
+                recipients=[r.address for r in recipients],
+                message_id_header=message_id_header, decision=_decision(protected,
+                                                                       recipients),
+                retain_until=journal.retain_until(self.settings, incoming.direction,
+                                                  domains, at),
+                at=at,
+            )
             queue_store.accept(
                 connection, message_id=incoming.queue_id,
                 direction=incoming.direction, mail_from=incoming.mail_from,
@@ -116,7 +142,7 @@ class Pipeline:
             if protected.quarantined:
                 # A policy decision like a refusal, audited with the message
                 # it kept, in the same transaction.
-                audit.record(connection, f"smtp:{incoming.client_addr}",
+                audit.record(connection, "smtp",
                              "smtp.quarantined", incoming.mail_from,
                              {"reason": protected.quarantined,
                               "sender": incoming.mail_from, "role": incoming.role,
@@ -153,6 +179,23 @@ class Pipeline:
             line = (f"Received: from {helo} ([{incoming.client_addr}])\r\n"
                     f"\tby {host} with {via} id {incoming.queue_id}; {when}")
         return line.encode("ascii", "replace") + b"\r\n"
+
+
+def _records_key(engine: object) -> PublicKey:
+    assert isinstance(engine, Engine)
+    with engine.connect() as connection:
+        return journal.records_key(connection)
+
+
+def _decision(protected: Protected, recipients: Sequence[queue_store.NewRecipient]) -> str:
+    """The policy decision, in words a records clerk can search for."""
+    routes = sorted({r.route for r in recipients})
+    parts = [f"routes={','.join(routes)}"]
+    if protected.verification:
+        parts.append(protected.verification)
+    if protected.held:
+        parts.append(f"held={len(protected.held)}")
+    return "; ".join(parts)
 
 
 def _printable(text: str) -> str:

@@ -67,6 +67,7 @@ class Protected:
     content: bytes | None = None          # for next hops
     local_content: bytes | None = None    # sealed for local users
     held_content: bytes | None = None     # sealed to our domain key, for wait-key
+    plaintext: bytes = b""                # for the records archive, as written/received
     held: set[str] = field(default_factory=set)  # recipients whose rows wait
     verification: str = ""                # what inbound verification found
     quarantined: str = ""                 # why unverified inbound mail is held
@@ -124,7 +125,7 @@ class Stage:
             # The key vanished between RCPT and DATA (a revocation, say).
             raise Refused(replies.NO_KEY.format(address=refused[0]), "no-key")
 
-        result = Protected()
+        result = Protected(plaintext=_unstamped(content))
         holds = [r.address for r in routed if r.route == "wait-key"]
         result.held.update(holds)
         keys = [s.key for s in states.values() if s.key is not None]
@@ -216,7 +217,7 @@ class Stage:
                                           replies.SIGNER_MISMATCH.format(
                                               domain=sender_domain))
         return Protected(local_content=await self._seal(locals_, plaintext),
-                         verification=verification)
+                         verification=verification, plaintext=plaintext)
 
     async def _unverified(self, policy: str, action: str, locals_: Sequence[str],
                           plaintext: bytes, verification: str, reply: Reply) -> Protected:
@@ -225,7 +226,7 @@ class Stage:
             sealed = await self._seal(locals_, plaintext)
             return Protected(local_content=sealed, held=set(locals_),
                              verification=f"{verification}; quarantined={action}",
-                             quarantined=action)
+                             quarantined=action, plaintext=plaintext)
         raise Refused(reply, action)
 
     def _verifiers(self, engine: object, sender: str, domain: str) -> list[PublicKey]:

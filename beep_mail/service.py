@@ -11,22 +11,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from sqlalchemy import Engine
+
 from beep_mail import keyring, logs
+from beep_mail.archive import checkpoint, journal
+from beep_mail.archive.journal import ArchiveError
 from beep_mail.config import Settings, parse_listen
 from beep_mail.crypto.passwords import Passwords
 from beep_mail.crypto.tls import server_context
 from beep_mail.crypto.openpgp import UnlockedKey
 from beep_mail.pipeline import Pipeline
 from beep_mail.protection import Stage
-from beep_mail.store import accounts
+from beep_mail.store import accounts, audit
 from beep_mail.smtp.delivery import DeliveryAgent
 from beep_mail.smtp.handlers import InboundHandler, SubmissionHandler
 from beep_mail.smtp.server import Listener, SessionLimits
 from beep_mail.smtp.throttle import Throttle
-from beep_mail.store.engine import Database
+from beep_mail.store.engine import Database, StoreError
 
 log = logging.getLogger("beepmail.service")
 
@@ -41,6 +46,7 @@ class Service:
     delivery: DeliveryAgent | None = None
     _delivery_task: asyncio.Task[None] | None = None
     _crypto: ThreadPoolExecutor | None = None
+    _checkpoint_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -56,6 +62,9 @@ class Service:
         pipeline = Pipeline(self.db, settings, stage, on_queued=self.delivery.notify)
         if settings.delivery.enabled:
             self._delivery_task = asyncio.create_task(self.delivery.run())
+        if signers:
+            signer = signers[sorted(signers)[0]]
+            self._checkpoint_task = asyncio.create_task(self._checkpoints(signer))
 
         tls = server_context(settings.path(settings.tls.cert),
                              settings.path(settings.tls.key))
@@ -100,6 +109,21 @@ class Service:
         return (keyring.unlock_domain_keys(db.engine, self.settings, local),
                 keyring.unlock_retired_domain_keys(db.engine, self.settings, local))
 
+    async def _checkpoints(self, signer: UnlockedKey) -> None:
+        """At intervals: sign the archive's head when it has moved, and let
+        client addresses older than the privacy setting expire."""
+        assert self.db is not None
+        db = self.db
+        while True:
+            await asyncio.sleep(self.settings.archive.checkpoint_interval)
+            try:
+                await db.run(_checkpoint_if_moved, signer)
+                days = self.settings.privacy.client_address_days
+                await db.run(audit.expire_client_addresses, time.time() - days * 86400)
+            except (StoreError, ArchiveError) as error:
+                logs.event(log, "housekeeping-failed", logging.WARNING,
+                           reason=str(error))
+
     def port(self, role: str) -> int:
         return self.listeners[role].port
 
@@ -110,6 +134,8 @@ class Service:
                                for listener in self.listeners.values()))
         if self.delivery is not None:
             await self.delivery.stop(grace)
+        if self._checkpoint_task is not None:
+            self._checkpoint_task.cancel()
         if self._delivery_task is not None:
             self._delivery_task.cancel()
             try:
@@ -120,6 +146,16 @@ class Service:
             self._crypto.shutdown(wait=True)
         if self.db is not None:
             await asyncio.to_thread(self.db.close)
+
+
+def _checkpoint_if_moved(engine: Engine, signer: UnlockedKey) -> None:
+    last = checkpoint.latest(engine)
+    with engine.connect() as connection:
+        entries, head_hash = journal.head(connection)
+    if last is not None and (last.entries, last.head_hash) == (entries, head_hash):
+        return
+    made = checkpoint.make_checkpoint(engine, signer)
+    logs.event(log, "checkpoint", entries=made.entries, head=made.head_hash[:16])
 
 
 async def serve(settings: Settings) -> int:

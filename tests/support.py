@@ -100,6 +100,7 @@ class Site:
     config_file: Path
     url: str
     recovery: openpgp.SecretKey
+    records: openpgp.SecretKey
     environ: dict[str, str] = field(default_factory=dict)
 
     def settings(self, **overrides: str) -> config.Settings:
@@ -179,7 +180,9 @@ def make_site(root: Path, url: str, domain: str = LOCAL) -> Site:
     write_self_signed(root / "var/tls/cert.pem", root / "var/tls/key.pem", ["localhost"])
     recovery = openpgp.generate("Records office recovery key", f"recovery@{domain}",
                                 passphrase=RECOVERY_PASSPHRASE)
-    site = Site(root, domain, config_file, url, recovery)
+    records = openpgp.generate("Records office key", f"records@{domain}",
+                               passphrase=RECOVERY_PASSPHRASE)
+    site = Site(root, domain, config_file, url, recovery, records)
     settings = site.settings()
     db = site.db()
     db.migrate()
@@ -190,6 +193,9 @@ def make_site(root: Path, url: str, domain: str = LOCAL) -> Site:
         key_store.add_key(connection, kind="recovery", owner=key_store.RECOVERY_OWNER,
                           fingerprint=recovery.public.fingerprint,
                           public_key=recovery.public.armored)
+        key_store.add_key(connection, kind="records", owner=key_store.RECORDS_OWNER,
+                          fingerprint=records.public.fingerprint,
+                          public_key=records.public.armored)
     db.close()
     return site
 

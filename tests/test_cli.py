@@ -213,7 +213,8 @@ def test_init_sets_up_a_site_and_refuses_a_second_time(tmp_path: Path) -> None:
         assert (local.name, local.role, local.allowed) == (DOMAIN, "local", True)
         events = audit.list_events(database.engine)
         assert [(e.action, e.target) for e in events] == [
-            ("site.init", DOMAIN), ("key.generate", DOMAIN), ("key.generate", "recovery")]
+            ("site.init", DOMAIN), ("key.generate", DOMAIN), ("key.generate", "recovery"),
+            ("key.generate", "records")]
         assert (folder / "recovery-key.asc").stat().st_mode & 0o777 == 0o600
         assert (folder / "recovery-key.passphrase").stat().st_mode & 0o777 == 0o600
     finally:
@@ -476,6 +477,7 @@ def test_every_change_is_audited(site: Path, db: Database) -> None:
         "site.init",
         "key.generate",
         "key.generate",
+        "key.generate",
         "user.add",
         "user.passwd",
         "user.disable",
@@ -498,7 +500,7 @@ def test_every_change_is_audited(site: Path, db: Database) -> None:
 def test_a_refused_change_leaves_no_audit_event(site: Path, db: Database) -> None:
     fails("domain", "deny", DOMAIN)
     fails("queue", "hold", "NOPE")
-    assert actions(db) == ["site.init", "key.generate", "key.generate"]
+    assert actions(db) == ["site.init", "key.generate", "key.generate", "key.generate"]
 
 
 # -- settings and errors ----------------------------------------------------

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 from sqlalchemy import select
+
+from beep_mail.archive.verify import verify_archive
+from beep_mail.store.tables import archive_entries
 
 from beep_mail.store.accounts import find_user
 from beep_mail.store.tables import mailbox_entries
@@ -35,8 +40,8 @@ def test_two_gateways_exchange_mail(site: Site, tmp_path: Path) -> None:
         ours.allow(PEER, next_hop=f"localhost:{b.inbound}", tls="required")
         theirs.allow(LOCAL, next_hop=f"localhost:{a.inbound}", tls="required")
 
-        submit(ours, a.submission, alice, [bob],
-               message(alice, bob, subject="Minutes", body="From A to B"))
+        first = message(alice, bob, subject="Minutes", body="From A to B")
+        submit(ours, a.submission, alice, [bob], first)
         got = wait_for(lambda: _inbox(theirs, bob), what="mail at the peer")
         submit(theirs, b.submission, bob, [alice],
                message(bob, alice, subject="Re: Minutes", body="From B to A"))
@@ -51,6 +56,31 @@ def test_two_gateways_exchange_mail(site: Site, tmp_path: Path) -> None:
     assert b"Subject: Minutes\r\n" in got[0] and b"Subject: [...]" not in got[0]
     # At rest nothing is readable without the owner's password.
     assert all(b"From A to B" not in raw for raw in theirs.raw_entries(bob))
+
+    # The records: the message appears once in each gateway's archive, as
+    # outbound at ours and inbound at theirs, and both archives verify.
+    message_id = first.split(b"Message-ID: <", 1)[1].split(b">", 1)[0].decode()
+    assert _archived(ours, message_id) == [("outbound", alice, [bob])]
+    assert _archived(theirs, message_id) == [("inbound", alice, [bob])]
+    for site_ in (ours, theirs):
+        db = site_.db()
+        try:
+            assert verify_archive(db.engine).ok
+        finally:
+            db.close()
+
+
+def _archived(site: Site, message_id: str) -> list[tuple[str, str, list[str]]]:
+    db = site.db()
+    try:
+        with db.engine.connect() as connection:
+            rows = connection.execute(
+                select(archive_entries.c.direction, archive_entries.c.mail_from,
+                       archive_entries.c.recipients)
+                .where(archive_entries.c.message_id_header == message_id)).all()
+    finally:
+        db.close()
+    return [(row[0], row[1], json.loads(row[2])) for row in rows]
 
 
 def _second_pg(url: str) -> str:

@@ -196,6 +196,17 @@ def status_part(engine: Engine) -> tuple[dict[str, int], list[dict[str, Any]]]:
                 "stored mail; beepmail key generate --recovery --out FILE",
             }
         )
+    if not counts.get("records"):
+        warnings.append(
+            {
+                "kind": "records",
+                "owner": key_store.RECORDS_OWNER,
+                "fingerprint": None,
+                **timestamps("expires_at", None),
+                "message": "no records key is configured: mail is refused (451) until "
+                "the archive can be written; beepmail key generate --records --out FILE",
+            }
+        )
     return counts, warnings
 
 
@@ -465,13 +476,21 @@ def import_(
             "--recovery", help="The organisation's recovery key (public part)."
         ),
     ] = False,
+    records: Annotated[
+        bool,
+        typer.Option(
+            "--records", help="The records office's key, for the archive (public part)."
+        ),
+    ] = False,
     config_file: ConfigOption = None,
 ) -> None:
     """Import correspondents' public keys (never a secret key)."""
     settings = load_settings(config_file)
     loaded = [(path, key) for path in key_files(source) for key in read_keys(path)]
-    if recovery:
-        _import_recovery(settings, loaded, owner)
+    if recovery and records:
+        raise CLIError("give --recovery or --records, not both")
+    if recovery or records:
+        _import_recovery(settings, loaded, owner, "records" if records else "recovery")
         return
 
     forced = owner_name(owner) if owner is not None else None
@@ -587,34 +606,39 @@ def _imported_line(who: str, result: keyring.PeerImport) -> str:
 
 
 def _import_recovery(
-    settings: Settings, loaded: Sequence[tuple[Path, PublicKey]], owner: str | None
+    settings: Settings, loaded: Sequence[tuple[Path, PublicKey]], owner: str | None,
+    kind: str = "recovery",
 ) -> None:
     if owner is not None:
-        raise CLIError("--recovery takes no --owner: the organisation owns that key")
+        raise CLIError(f"--{kind} takes no --owner: the organisation owns that key")
     if len(loaded) != 1:
-        raise CLIError(f"--recovery needs exactly one key; found {len(loaded)}")
+        raise CLIError(f"--{kind} needs exactly one key; found {len(loaded)}")
     path, key = loaded[0]
 
     with key_errors(), database(settings) as db, transaction(db) as connection:
-        done = keyring.install_recovery_key(connection, key)
+        done = keyring.install_recovery_key(connection, key, kind)
         if done.changed:
             audit.record(
                 connection,
                 actor(),
                 "key.import",
-                "recovery",
+                kind,
                 {
-                    "kind": "recovery",
+                    "kind": kind,
                     "fingerprint": key.fingerprint,
                     "retired": [r.fingerprint for r in done.retired],
                     "file": str(path),
                 },
             )
-    _say_recovery(done)
+    _say_recovery(done, kind)
 
 
-def _say_recovery(done: keyring.Installed) -> None:
+def _say_recovery(done: keyring.Installed, kind: str = "recovery") -> None:
     fpr = done.record.fingerprint
+    if kind == "records":
+        say(f"Records key {fpr} is active: archive entries are encrypted to it."
+            if done.changed else f"{fpr} is already the active records key.")
+        return
     if not done.changed:
         say(f"{fpr} is already the active recovery key; nothing changed.")
         return
@@ -689,6 +713,12 @@ def generate(
             "--recovery", help="A new recovery key pair for the organisation."
         ),
     ] = False,
+    records: Annotated[
+        bool,
+        typer.Option(
+            "--records", help="A new key pair for the records office (the archive)."
+        ),
+    ] = False,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -701,18 +731,20 @@ def generate(
     passphrase_stdin: PassphraseStdinOption = False,
     config_file: ConfigOption = None,
 ) -> None:
-    """Make a domain key, or the organisation's recovery key pair."""
-    if (domain is None) == (not recovery):
-        raise CLIError("give either --domain DOMAIN or --recovery --out FILE")
+    """Make a domain key, or the organisation's recovery or records key pair."""
+    if [domain is not None, recovery, records].count(True) != 1:
+        raise CLIError("give one of --domain DOMAIN, --recovery --out FILE or "
+                       "--records --out FILE")
     settings = load_settings(config_file)
     if domain is not None:
         if out is not None:
             raise CLIError("--out is for --recovery only: a domain key stays here")
         _generate_domain(settings, normalise_domain(domain))
         return
+    kind = "records" if records else "recovery"
     if out is None:
-        raise CLIError("--recovery needs --out FILE for the secret part")
-    _generate_recovery(settings, out, passphrase_stdin)
+        raise CLIError(f"--{kind} needs --out FILE for the secret part")
+    _generate_recovery(settings, out, passphrase_stdin, kind)
 
 
 def _generate_domain(settings: Settings, name: str) -> None:
@@ -744,7 +776,8 @@ def _refuse_second_domain_key(connection: Connection, name: str) -> None:
         )
 
 
-def _generate_recovery(settings: Settings, out: Path, from_stdin: bool) -> None:
+def _generate_recovery(settings: Settings, out: Path, from_stdin: bool,
+                       kind: str = "recovery") -> None:
     if out.exists():
         raise CLIError(f"{out} already exists: name a new file for the secret key")
     passphrase = read_secret(
@@ -757,20 +790,21 @@ def _generate_recovery(settings: Settings, out: Path, from_stdin: bool) -> None:
 
     with key_errors(), database(settings) as db:
         secret = openpgp.generate(
-            "Recovery key", f"recovery@{settings.site.domain}", passphrase=passphrase
+            f"{kind.title()} key", f"{kind}@{settings.site.domain}",
+            passphrase=passphrase,
         )
         # The secret is safe on disk before the gateway starts to depend on it.
         write_secret_file(out, secret.armored)
         try:
             with transaction(db) as connection:
-                done = keyring.install_recovery_key(connection, secret.public)
+                done = keyring.install_recovery_key(connection, secret.public, kind)
                 audit.record(
                     connection,
                     actor(),
                     "key.generate",
-                    "recovery",
+                    kind,
                     {
-                        "kind": "recovery",
+                        "kind": kind,
                         "fingerprint": secret.public.fingerprint,
                         "retired": [r.fingerprint for r in done.retired],
                         "file": str(out),
@@ -779,11 +813,11 @@ def _generate_recovery(settings: Settings, out: Path, from_stdin: bool) -> None:
         except BaseException:
             out.unlink(missing_ok=True)
             raise
-    _say_recovery(done)
+    _say_recovery(done, kind)
+    what = "every archived message" if kind == "records" else "every mailbox"
     say(
         f"Its secret part is in {out}, locked by the passphrase. Move it off this "
-        "machine now, to the records office: whoever holds both can read every "
-        "mailbox."
+        f"machine now, to the records office: whoever holds both can read {what}."
     )
 
 

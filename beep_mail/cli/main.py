@@ -22,6 +22,8 @@ from typer.core import TyperGroup
 
 from beep_mail import config
 from beep_mail.cli import domain, queue, template, user
+from beep_mail.cli import archive
+from beep_mail.cli import audit as audit_cli
 from beep_mail.cli import key as key_cli
 from beep_mail.cli.common import (
     CLIError,
@@ -113,6 +115,8 @@ app.add_typer(user.app, name="user")
 app.add_typer(domain.app, name="domain")
 app.add_typer(key_cli.app, name="key")
 app.add_typer(queue.app, name="queue")
+app.add_typer(archive.app, name="archive")
+app.add_typer(audit_cli.app, name="audit")
 
 
 # -- init -------------------------------------------------------------------
@@ -147,18 +151,20 @@ def init(
         _keys_folder(site_dir / "keys")
         made = _test_certificate(settings, host)
         _record_site(settings, local, host)
-        recovery_file = _make_keys(settings, site_dir, local)
+        secret_files = _make_keys(settings, site_dir, local)
     except BaseException:
         # Without the settings file, running init again finishes the job.
         conf_file.unlink(missing_ok=True)
         raise
 
     _next_steps(settings, local, made)
-    if recovery_file is not None:
-        say(f"The organisation's recovery key is in {recovery_file} and its "
-            f"passphrase in {recovery_file.with_suffix('.passphrase')}. Move both "
-            "off this machine now, to the records office: the gateway never needs "
-            "them, and whoever holds them can read every mailbox.")
+    for secret_file in secret_files:
+        what = ("every mailbox" if secret_file.name.startswith("recovery")
+                else "the whole archive")
+        say(f"A secret key is in {secret_file} and its passphrase in "
+            f"{secret_file.with_suffix('.passphrase')}. Move both off this machine "
+            "now, to the records office: the gateway never needs them, and whoever "
+            f"holds them can read {what}.")
 
 
 def _create(path: Path, content: str, mode: int) -> None:
@@ -212,30 +218,34 @@ def _record_site(settings: Settings, local: str, hostname: str) -> None:
         )
 
 
-def _make_keys(settings: Settings, site_dir: Path, local: str) -> Path | None:
-    """The domain key, and a recovery key unless one is already in the store."""
+def _make_keys(settings: Settings, site_dir: Path, local: str) -> list[Path]:
+    """The domain key; and the recovery and records key pairs unless the store
+    has them, their secret parts written beside the site for the records office."""
     from beep_mail import keyring
     from beep_mail.crypto import openpgp
     from beep_mail.store import keys as key_store
 
+    written: list[Path] = []
     with database(settings) as db, transaction(db) as connection:
         domain_key = keyring.ensure_domain_key(connection, settings, local)
         audit.record(connection, actor(), "key.generate", local,
                      {"kind": "domain", "fingerprint": domain_key.fingerprint})
-        if key_store.active_key(connection, "recovery", key_store.RECOVERY_OWNER):
-            return None
-        passphrase = secrets.token_urlsafe(24)
-        recovery = openpgp.generate("Recovery key", f"recovery@{local}",
-                                    passphrase=passphrase)
-        key_store.add_key(connection, kind="recovery", owner=key_store.RECOVERY_OWNER,
-                          fingerprint=recovery.public.fingerprint,
-                          public_key=recovery.public.armored, pinned=True)
-        audit.record(connection, actor(), "key.generate", "recovery",
-                     {"kind": "recovery", "fingerprint": recovery.public.fingerprint})
-    target = site_dir / "recovery-key.asc"
-    _create_secret(target, recovery.armored)
-    _create_secret(target.with_suffix(".passphrase"), passphrase + "\n")
-    return target
+        for kind in ("recovery", "records"):
+            owner = (key_store.RECOVERY_OWNER if kind == "recovery"
+                     else key_store.RECORDS_OWNER)
+            if key_store.active_key(connection, kind, owner):
+                continue
+            passphrase = secrets.token_urlsafe(24)
+            secret = openpgp.generate(f"{kind.title()} key", f"{kind}@{local}",
+                                      passphrase=passphrase)
+            keyring.install_recovery_key(connection, secret.public, kind)
+            audit.record(connection, actor(), "key.generate", kind,
+                         {"kind": kind, "fingerprint": secret.public.fingerprint})
+            target = site_dir / f"{kind}-key.asc"
+            _create_secret(target, secret.armored)
+            _create_secret(target.with_suffix(".passphrase"), passphrase + "\n")
+            written.append(target)
+    return written
 
 
 def _create_secret(path: Path, content: str) -> None:

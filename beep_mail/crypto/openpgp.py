@@ -915,18 +915,22 @@ def sign_detached(data: bytes, signer: UnlockedKey) -> bytes:
 
 
 def verify_detached(data: bytes, signature: bytes | str,
-                    verifiers: Sequence[PublicKey]) -> str | None:
+                    verifiers: Sequence[PublicKey], *,
+                    now: float | None = None) -> str | None:
     """Fingerprint of the verifier whose signature over `data` is valid, else None.
 
-    The key checks are those of decrypt(). Data that is not OpenPGP
-    signature packets at all raises IntegrityError.
+    The key checks are those of decrypt(), as of `now` (default: the present):
+    a record signed years ago is judged by the key as it was when it signed,
+    not by its expiry since. Data that is not OpenPGP signature packets at all
+    raises IntegrityError.
     """
     signatures = []
     for packet in _packets(dearmor(signature)):
         if packet.tag != SIGNATURE:
             raise IntegrityError("the data is not a detached OpenPGP signature")
         signatures.append(packet)
-    verdict, signer = _verdict(signatures, bytes(data), verifiers, time.time())
+    when = time.time() if now is None else now
+    verdict, signer = _verdict(signatures, bytes(data), verifiers, when)
     return signer if verdict == "valid" else None
 
 

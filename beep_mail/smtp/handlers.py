@@ -28,6 +28,7 @@ from beep_mail.smtp import replies
 from beep_mail.smtp.content import ContentError
 from beep_mail.smtp.replies import Reply
 from beep_mail.smtp.throttle import Throttle
+from beep_mail.archive.journal import ArchiveError
 from beep_mail.crypto.openpgp import OpenPGPError
 from beep_mail.crypto.pgpmime import PGPMIMEError
 from beep_mail.keyring import KeyringError
@@ -80,7 +81,9 @@ class BaseHandler:
         fields: dict[str, Any] = {k: v for k, v in detail.items() if k != "user"}
         logs.event(log, "refused", role=self.role, dsn=reply.status, reason=action,
                    **fields)
-        actor = str(detail.get("user") or f"smtp:{client}")
+        # The client address goes in its own field, which expires; the actor is
+        # chained into the audit trail for good, so it never holds an address.
+        actor = str(detail.get("user") or "smtp")
         asyncio.get_running_loop().create_task(self._audit(actor, action, detail, client))
         return str(reply)
 
@@ -167,7 +170,7 @@ class BaseHandler:
             return self._refuse(server, replies.CANNOT_PROTECT.format(reason=error),
                                 "cannot-protect", sender=incoming.mail_from,
                                 user=incoming.auth_user)
-        except (KeyringError, OpenPGPError) as error:
+        except (KeyringError, OpenPGPError, ArchiveError) as error:
             # A key of ours is missing or unusable: the site needs its
             # administrator, the sender only needs to try again later.
             logs.event(log, "key-error", logging.ERROR, reason=str(error))
