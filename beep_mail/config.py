@@ -149,6 +149,9 @@ class KeysSettings(_Section):
     )
 
 
+_DIRECTIONS = ("inbound", "outbound", "local", "*")
+
+
 class ArchiveSettings(_Section):
     retention_days: int = Field(
         3650, gt=0, description="Days an archive entry is kept when no rule matches."
@@ -162,11 +165,26 @@ class ArchiveSettings(_Section):
         3600.0, gt=0, description="Seconds between signed checkpoints of the archive."
     )
 
+    @field_validator("retention")
+    @classmethod
+    def _retention(cls, rules: dict[str, int]) -> dict[str, int]:
+        for key, days in rules.items():
+            domain, sep, direction = key.rpartition(":")
+            if not sep or not domain or direction not in _DIRECTIONS:
+                raise ValueError(f'"{key}": a rule is "DOMAIN:DIRECTION", the '
+                                 "direction one of inbound, outbound, local or *")
+            if domain != "*" and ("*" in domain or domain != domain.lower()):
+                raise ValueError(f'"{key}": the domain is "*" or a lower-case name')
+            if days <= 0:
+                raise ValueError(f'"{key}": days must be more than 0')
+        return rules
+
 
 class PrivacySettings(_Section):
     client_address_days: int = Field(
         30, ge=0, description="Days client IP addresses are kept in the queue and "
-        "audit records; 0 keeps none after delivery.",
+        "audit records, counted from when they were written; checked every "
+        "archive.checkpoint_interval while the gateway runs.",
     )
 
 

@@ -114,15 +114,20 @@ class Service:
         client addresses older than the privacy setting expire."""
         assert self.db is not None
         db = self.db
+        # A first round soon after start, so a gateway restarted more often
+        # than the interval still checkpoints and forgets old addresses.
+        await asyncio.sleep(min(5.0, self.settings.archive.checkpoint_interval))
         while True:
-            await asyncio.sleep(self.settings.archive.checkpoint_interval)
             try:
                 await db.run(_checkpoint_if_moved, signer)
+            except (StoreError, ArchiveError) as error:
+                logs.event(log, "checkpoint-failed", logging.WARNING, reason=str(error))
+            try:
                 days = self.settings.privacy.client_address_days
                 await db.run(audit.expire_client_addresses, time.time() - days * 86400)
-            except (StoreError, ArchiveError) as error:
-                logs.event(log, "housekeeping-failed", logging.WARNING,
-                           reason=str(error))
+            except StoreError as error:
+                logs.event(log, "expiry-failed", logging.WARNING, reason=str(error))
+            await asyncio.sleep(self.settings.archive.checkpoint_interval)
 
     def port(self, role: str) -> int:
         return self.listeners[role].port

@@ -725,7 +725,8 @@ def generate(
             "--out",
             metavar="FILE",
             dir_okay=False,
-            help="With --recovery: a new file for the secret part (mode 0600).",
+            help="With --recovery or --records: a new file for the secret part "
+            "(mode 0600).",
         ),
     ] = None,
     passphrase_stdin: PassphraseStdinOption = False,
@@ -738,7 +739,8 @@ def generate(
     settings = load_settings(config_file)
     if domain is not None:
         if out is not None:
-            raise CLIError("--out is for --recovery only: a domain key stays here")
+            raise CLIError("--out is for --recovery or --records: a domain key "
+                           "stays here")
         _generate_domain(settings, normalise_domain(domain))
         return
     kind = "records" if records else "recovery"
