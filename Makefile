@@ -38,3 +38,17 @@ typecheck: install
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks, each figure beside its baseline (docs/performance.md): writes
+# bench/results/latest.json and latest.png. As root, bench-deps.sh installs
+# Postfix (not configured for the system: the bench runs its own instance)
+# and the Python packages of the `bench` group.
+.PHONY: bench bench-quick
+
+bench: install
+	@scripts/bench-deps.sh $(BIN)
+	$(BIN)/python -m bench.run
+
+bench-quick: install
+	@scripts/bench-deps.sh $(BIN)
+	$(BIN)/python -m bench.run --quick

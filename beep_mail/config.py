@@ -108,6 +108,44 @@ class SMTPSettings(_Section):
     )
 
 
+class IMAPSettings(_Section):
+    listen: str = Field(
+        "127.0.0.1:1143", description="STARTTLS, then LOGIN or AUTHENTICATE PLAIN."
+    )
+    listen_tls: str = Field("127.0.0.1:1993", description="Implicit TLS (IMAPS).")
+    max_sessions: int = Field(
+        500, gt=0, description="Sessions at once over both IMAP listeners, all clients."
+    )
+    max_sessions_per_client: int = Field(
+        20, gt=0, description="Sessions at once from one client address."
+    )
+    max_sessions_per_user: int = Field(
+        10, gt=0, description="Signed-in sessions at once of one user, IDLE included."
+    )
+    idle_timeout: float = Field(
+        1800.0, gt=0, description="Seconds of client silence, IDLE included, before "
+        "the server says BYE (RFC 3501 asks for at least 30 minutes).",
+    )
+    max_literal: int = Field(
+        0, ge=0, description="Bytes: the largest message APPEND takes; 0 means "
+        "smtp.max_message_size.",
+    )
+    auth_max_failures: int = Field(
+        5, gt=0, description="Failed sign-ins before an account or address is throttled."
+    )
+    auth_failure_window: float = Field(
+        900.0, gt=0, description="Seconds over which sign-in failures are counted."
+    )
+    auth_failure_delay: float = Field(
+        1.0, ge=0, description="Seconds every failed sign-in waits before its reply."
+    )
+
+    @field_validator("listen", "listen_tls")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _check_listen(value)
+
+
 class DeliverySettings(_Section):
     enabled: bool = Field(True, description="Run delivery workers in this process.")
     concurrency: int = Field(8, gt=0, description="Delivery attempts at once.")
@@ -168,16 +206,18 @@ class ArchiveSettings(_Section):
     @field_validator("retention")
     @classmethod
     def _retention(cls, rules: dict[str, int]) -> dict[str, int]:
+        normalised: dict[str, int] = {}
         for key, days in rules.items():
-            domain, sep, direction = key.rpartition(":")
+            domain, sep, direction = key.strip().lower().rpartition(":")
             if not sep or not domain or direction not in _DIRECTIONS:
                 raise ValueError(f'"{key}": a rule is "DOMAIN:DIRECTION", the '
                                  "direction one of inbound, outbound, local or *")
-            if domain != "*" and ("*" in domain or domain != domain.lower()):
-                raise ValueError(f'"{key}": the domain is "*" or a lower-case name')
+            if domain != "*" and "*" in domain:
+                raise ValueError(f'"{key}": the domain is "*" or one exact name')
             if days <= 0:
                 raise ValueError(f'"{key}": days must be more than 0')
-        return rules
+            normalised[f"{domain}:{direction}"] = days
+        return normalised
 
 
 class PrivacySettings(_Section):
@@ -200,6 +240,7 @@ class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     tls: TLSSettings = TLSSettings()
     smtp: SMTPSettings = SMTPSettings()
+    imap: IMAPSettings = IMAPSettings()
     delivery: DeliverySettings = DeliverySettings()
     auth: AuthSettings = AuthSettings()
     keys: KeysSettings = KeysSettings()
@@ -214,6 +255,11 @@ class Settings(_Section):
     def path(self, value: Path) -> Path:
         """An absolute path for a path setting."""
         return value if value.is_absolute() else self.base_dir / value
+
+    @property
+    def imap_max_literal(self) -> int:
+        """The APPEND limit in bytes, imap.max_literal resolved."""
+        return self.imap.max_literal or self.smtp.max_message_size
 
     @property
     def database_url(self) -> str:

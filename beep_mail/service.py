@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,6 +25,10 @@ from beep_mail.config import Settings, parse_listen
 from beep_mail.crypto.passwords import Passwords
 from beep_mail.crypto.tls import server_context
 from beep_mail.crypto.openpgp import UnlockedKey
+from beep_mail.imap.commands import Services as IMAPServices
+from beep_mail.imap.hub import Hub
+from beep_mail.imap.server import Limits as IMAPLimits
+from beep_mail.imap.server import Listener as IMAPListener
 from beep_mail.pipeline import Pipeline
 from beep_mail.protection import Stage
 from beep_mail.store import accounts, audit
@@ -41,7 +46,8 @@ STOP_GRACE = 30.0
 @dataclass
 class Service:
     settings: Settings
-    listeners: dict[str, Listener] = field(default_factory=dict)
+    listeners: dict[str, Listener | IMAPListener] = field(default_factory=dict)
+    hub: Hub = field(default_factory=Hub)
     db: Database | None = None
     delivery: DeliveryAgent | None = None
     _delivery_task: asyncio.Task[None] | None = None
@@ -93,6 +99,24 @@ class Service:
             limits = SessionLimits(smtp.max_sessions, smtp.max_sessions_per_client)
             listener = Listener(role, handler, host, port, tls_context=tls,
                                 limits=limits, smtp_options={**options, **extra})
+            await listener.start()
+            self.listeners[role] = listener
+        await self._start_imap(tls, passwords)
+
+    async def _start_imap(self, tls: ssl.SSLContext, passwords: Passwords) -> None:
+        """The IMAP listeners: STARTTLS (`imap`) and implicit TLS (`imaps`)."""
+        assert self.db is not None and self.delivery is not None
+        imap = self.settings.imap
+        # Delivery wakes IDLE sessions of the recipient; see beep_mail.imap.hub.
+        self.delivery.on_local_delivery = self.hub.notify
+        throttle = Throttle(imap.auth_max_failures, imap.auth_failure_window)
+        services = IMAPServices(self.db, self.settings, self.hub, passwords, throttle)
+        limits = IMAPLimits(imap.max_sessions, imap.max_sessions_per_client)
+        for role, listen, implicit in (("imap", imap.listen, False),
+                                       ("imaps", imap.listen_tls, True)):
+            host, port = parse_listen(listen)
+            listener = IMAPListener(role, host, port, services=services, limits=limits,
+                                    tls_context=tls, implicit_tls=implicit)
             await listener.start()
             self.listeners[role] = listener
 

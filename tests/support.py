@@ -77,6 +77,10 @@ max_sessions_per_client = 20
 listen = "127.0.0.1:0"
 [smtp.inbound]
 listen = "127.0.0.1:0"
+[imap]
+listen = "127.0.0.1:0"
+listen_tls = "127.0.0.1:0"
+auth_failure_delay = 0.0
 [delivery]
 poll_interval = 0.2
 retry_initial = 0.2

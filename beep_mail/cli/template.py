@@ -40,12 +40,18 @@ SECTION_NOTES: dict[str, str] = {
     "site": "Who this gateway is.",
     "database": "Where users, mailboxes, the queue and the audit trail are kept.",
     "tls": (
-        "The certificate both SMTP listeners offer. `beepmail init` writes a "
-        "self-signed one for testing; install one from your authority before use."
+        "The certificate every SMTP and IMAP listener offers. `beepmail init` "
+        "writes a self-signed one for testing; install one from your authority "
+        "before use."
     ),
     "smtp": "Limits shared by both SMTP listeners.",
     "smtp.submission": "Where officers' mail clients send from.",
     "smtp.inbound": "Where peer gateways deliver to.",
+    "imap": (
+        "Where officers' mail clients read their mail: IMAP with STARTTLS on "
+        "`listen`, implicit TLS on `listen_tls`. Sign-in works only once the "
+        "connection is encrypted."
+    ),
     "delivery": "The workers that hand queued mail to next hops and mailboxes.",
     "auth": (
         "Password hashing with Argon2id. Each hash records its own costs, so "
@@ -76,6 +82,8 @@ EXTRA_NOTES: dict[str, str] = {
     "smtp.max_message_size": "The largest message accepted; 26214400 is 25 MiB.",
     "smtp.submission.listen": "HOST:PORT; 0.0.0.0:587 serves every interface.",
     "smtp.inbound.listen": "HOST:PORT; 0.0.0.0:25 serves every interface.",
+    "imap.listen": "HOST:PORT; 0.0.0.0:143 serves every interface.",
+    "imap.listen_tls": "HOST:PORT; 0.0.0.0:993 serves every interface.",
     "delivery.ca_file": "Unset: only the system's authorities are trusted.",
 }
 

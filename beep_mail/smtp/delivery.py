@@ -21,7 +21,7 @@ import socket
 import ssl
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from datetime import datetime, timezone
@@ -109,6 +109,8 @@ class DeliveryAgent:
         self._slots = asyncio.Semaphore(settings.delivery.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._domains: DomainTable | None = None
+        # Told the recipient after each local delivery: IMAP IDLE wakes on it.
+        self.on_local_delivery: Callable[[str], None] = lambda address: None
 
     def notify(self) -> None:
         self.wake.set()
@@ -259,6 +261,7 @@ class DeliveryAgent:
                 await self._settle([row], {row.id: outcome}, content)
                 continue
             if done:
+                self.on_local_delivery(row.recipient)
                 logs.event(log, "delivered", rcpt=row.recipient, relay="local",
                            dsn="2.0.0", delay=f"{time.time() - row.created_at:.3f}")
 

@@ -1,0 +1,139 @@
+"""SEARCH keys judged against one message at a time (RFC 3501, 6.4.4).
+
+Pure: the caller gathers what a message offers (`Facts`) and opens its
+content only when `needs_message` says a key reads it. Strings match as
+case-insensitive substrings of the decoded text (RFC 2047 encoded words,
+transfer encodings and charsets decoded by `render`). Dates compare by day,
+without time or zone: the internal date in UTC, the Date field in its own
+zone. RECENT and NEW never match, since this server gives no message the
+\\Recent flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from beep_mail.imap import render
+from beep_mail.imap.parser import (
+    SearchAll,
+    SearchAnd,
+    SearchDate,
+    SearchFlag,
+    SearchHeader,
+    SearchKey,
+    SearchNot,
+    SearchNothing,
+    SearchOr,
+    SearchSet,
+    SearchSize,
+    SearchText,
+    in_ranges,
+)
+
+# Header fields whose decoded values TEXT also searches.
+_TEXT_FIELDS = ("subject", "from", "to", "cc", "bcc", "reply-to")
+
+
+@dataclass
+class Facts:
+    seq: int
+    uid: int
+    flags: set[str]
+    internal_date: float
+    size: int
+    message: render.Message | None = None
+
+
+def needs_message(key: SearchKey) -> bool:
+    if isinstance(key, SearchHeader | SearchText):
+        return True
+    if isinstance(key, SearchDate):
+        return key.sent
+    if isinstance(key, SearchNot):
+        return needs_message(key.key)
+    if isinstance(key, SearchOr):
+        return needs_message(key.left) or needs_message(key.right)
+    if isinstance(key, SearchAnd):
+        return any(needs_message(item) for item in key.keys)
+    return False
+
+
+def _fold(text: str) -> str:
+    return text.casefold()
+
+
+def _compare(day: date | None, relation: str, wanted: date) -> bool:
+    if day is None:
+        return False
+    if relation == "before":
+        return day < wanted
+    if relation == "on":
+        return day == wanted
+    return day >= wanted
+
+
+class Searcher:
+    """One SEARCH: sets resolved once, then `matches` per message."""
+
+    def __init__(self, key: SearchKey, count: int, highest_uid: int) -> None:
+        self.key = key
+        self.count = count
+        self.highest_uid = highest_uid
+        self._ranges: dict[int, list[tuple[int, int]]] = {}
+
+    def matches(self, facts: Facts) -> bool:
+        return self._match(self.key, facts)
+
+    def _match(self, key: SearchKey, facts: Facts) -> bool:
+        if isinstance(key, SearchAnd):
+            return all(self._match(item, facts) for item in key.keys)
+        if isinstance(key, SearchOr):
+            return self._match(key.left, facts) or self._match(key.right, facts)
+        if isinstance(key, SearchNot):
+            return not self._match(key.key, facts)
+        if isinstance(key, SearchAll):
+            return True
+        if isinstance(key, SearchNothing):
+            return False
+        if isinstance(key, SearchFlag):
+            return (key.flag in facts.flags) == key.present
+        if isinstance(key, SearchSize):
+            return facts.size > key.octets if key.larger else facts.size < key.octets
+        if isinstance(key, SearchSet):
+            return self._in_set(key, facts)
+        if isinstance(key, SearchDate):
+            return self._date(key, facts)
+        return self._text(key, facts)
+
+    def _in_set(self, key: SearchSet, facts: Facts) -> bool:
+        ranges = self._ranges.get(id(key))
+        if ranges is None:
+            ranges = key.numbers.resolve(self.highest_uid if key.uid else self.count)
+            self._ranges[id(key)] = ranges
+        return in_ranges(ranges, facts.uid if key.uid else facts.seq)
+
+    def _date(self, key: SearchDate, facts: Facts) -> bool:
+        if not key.sent:
+            day = datetime.fromtimestamp(facts.internal_date, UTC).date()
+            return _compare(day, key.relation, key.day)
+        sent = facts.message.date() if facts.message is not None else None
+        return _compare(sent.date() if sent else None, key.relation, key.day)
+
+    def _text(self, key: SearchHeader | SearchText, facts: Facts) -> bool:
+        message = facts.message
+        if message is None:
+            return False
+        if isinstance(key, SearchHeader):
+            value = message.header_value(key.field)
+            return value is not None and _fold(key.value) in _fold(value)
+        wanted = _fold(key.value)
+        if wanted in _fold(message.text_for_search()):
+            return True
+        if key.body_only:
+            return False
+        header = (message.section("HEADER") or b"").decode("utf-8", "replace")
+        if wanted in _fold(header):
+            return True
+        return any(wanted in _fold(message.header_value(name) or "")
+                   for name in _TEXT_FIELDS)
