@@ -38,6 +38,7 @@ from typing import Any
 
 from beep_mail.crypto import openpgp
 from bench import cost, machine, profile, report
+from bench.load import Spec, body_of, message
 from bench.postfix import Postfix, PostfixUnavailable
 from bench.report import size_name
 from bench.site import (
@@ -178,8 +179,6 @@ class Bench:
     # -- 2. OpenPGP ------------------------------------------------------------------
 
     def openpgp_cost(self) -> list[dict[str, Any]]:
-        from bench.load import Spec, body_of, message
-
         spec = Spec(port=0, size=0, clients=1, sender=f"alice@{LOCAL}",
                     rcpt=f"bob@{PEER}")
         rows, notes = cost.measure(list(self.plan.openpgp_sizes),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import signal
 import ssl
 from pathlib import Path
@@ -71,6 +72,9 @@ async def serve(tls: ssl.SSLContext | None) -> dict[str, int]:
 
 
 def main() -> None:
+    # aiosmtpd sets a deprecated field itself after every successful AUTH and
+    # logs a warning about it, once per session: noise in the bench's output.
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
     parser = argparse.ArgumentParser(prog="python -m bench.sink")
     parser.add_argument("--cert", type=Path)
     parser.add_argument("--key", type=Path)

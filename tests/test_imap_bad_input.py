@@ -18,7 +18,9 @@ from typing import ClassVar
 
 import pytest
 
-from tests.support import PASSWORD, GatewayThread, Site, message, wait_for
+from beep_mail import vault
+from beep_mail.store import accounts
+from tests.support import FAST_HASH, PASSWORD, GatewayThread, Site, message, wait_for
 from tests.test_imap_clients import fill, gateway
 
 
@@ -140,6 +142,8 @@ def test_malformed_commands_are_answered_bad(sqlite_site: Site) -> None:
             (b"SEARCH", b"BAD"),
             (b"STORE 1 +FLAGS (\\Recent)", b"BAD"),
             (b"SEARCH CHARSET KOI8-R ALL", b"NO [BADCHARSET (UTF-8 US-ASCII)]"),
+            (b"UID SORT (DATE) UTF-8 ALL", b"NO [CANNOT] UID SORT is not offered"),
+            (b'GETQUOTAROOT "INBOX"', b"NO [CANNOT] GETQUOTAROOT is not offered"),
             (b"LOGIN again please", b"BAD LOGIN is not allowed when selected"),
         ]:
             assert wire.last(command).startswith(expected), command
@@ -334,6 +338,25 @@ def test_sign_in_failures_are_throttled(sqlite_site: Site) -> None:
         assert fresh.last(b'LOGIN "%s" "%s"' % (bob.encode(), PASSWORD.encode())
                           ).startswith(b"NO [UNAVAILABLE]")
         fresh.close()
+
+
+def test_mail_waiting_for_recovery_is_explained(sqlite_site: Site) -> None:
+    alice = sqlite_site.add_user("alice")
+    new_password = "a brand new password"
+    secret = vault.make_user_key(sqlite_site.settings(), alice, "Alice", new_password)
+    db = sqlite_site.db()
+    with db.engine.begin() as connection:
+        # An administrator's reset: a new key, the mailbox key not yet recovered.
+        vault.replace_user_key(connection, alice, secret)
+        accounts.set_password_hash(connection, alice, FAST_HASH.hash(new_password))
+    db.close()
+    with gateway(sqlite_site) as gw:
+        wire = Wire(gw.service.port("imaps"), sqlite_site.ssl_context())
+        assert wire.last(b'LOGIN "%s" "%s"' % (alice.encode(), new_password.encode())
+                         ) == (b"NO [UNAVAILABLE] Your stored mail cannot be opened "
+                               b"now; ask your administrator")
+        # The refused session does not count against the user's sessions.
+        assert not gw.service.listeners["imaps"].services.signed_in  # type: ignore[union-attr]
 
 
 def test_shutdown_says_bye(sqlite_site: Site) -> None:

@@ -230,6 +230,11 @@ def test_imapclient_session_with_idle(sqlite_site: Site) -> None:
         assert new[b"RFC822.SIZE"] == len(new[b"BODY[]"])
         assert b"Subject: While you wait" in new[b"BODY[]"]
 
+        # Opened once by a session, delivered mail is sealed under the
+        # mailbox key: no public-key operation to read it again.
+        assert all(blob.startswith(vault.MAILBOX_SEALED)
+                   for blob in sqlite_site.raw_entries(alice))
+
         client.move([1], "Trash")
         assert client.search() == [2]
         client.select_folder("Archive")

@@ -49,6 +49,12 @@ def test_tags_names_and_simple_commands() -> None:
     assert bad(b"").response(None).startswith(b"* BAD")
 
 
+def test_extensions_not_offered_are_recognised() -> None:
+    assert parse_command(b"a SORT (DATE) UTF-8 ALL").name == "SORT"
+    assert parse_command(b"a UID THREAD REFERENCES UTF-8 ALL").name == "UID THREAD"
+    assert parse_command(b'a GETQUOTAROOT "INBOX"').name == "GETQUOTAROOT"
+
+
 def test_login_with_quoted_strings_and_literals() -> None:
     assert parse_command(b'a LOGIN "al\\"ice" {3}\r\np w') == Login(
         b"a", "LOGIN", b'al"ice', b"p w")

@@ -52,6 +52,7 @@ from beep_mail.imap.errors import (
 )
 from beep_mail.imap.hub import Hub
 from beep_mail.imap.parser import (
+    NOT_OFFERED,
     Append,
     Authenticate,
     Command,
@@ -167,6 +168,8 @@ _POLLS = {"NOOP", "CHECK"}
 
 async def execute(ctx: Context, command: Command) -> bytes | None:
     """Run one command; the tagged response, or None when already sent."""
+    if command.name.removeprefix("UID ") in NOT_OFFERED:
+        raise Cannot(f"{command.name} is not offered by this server")
     entry = _HANDLERS.get(command.name)
     if entry is None:
         raise Bad(f"Unknown command {command.name}")

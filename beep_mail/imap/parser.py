@@ -340,6 +340,13 @@ class Id(Command):
     parameters: tuple[tuple[str, str | None], ...] | None = field(default=None)
 
 
+# Commands of extensions this server does not offer (docs/limitations.md):
+# recognised, so that they are refused with NO [CANNOT] rather than BAD.
+NOT_OFFERED = {"SORT", "THREAD", "GETQUOTA", "GETQUOTAROOT", "SETQUOTA", "GETACL",
+               "SETACL", "DELETEACL", "LISTRIGHTS", "MYRIGHTS", "GETMETADATA",
+               "SETMETADATA", "COMPRESS", "NOTIFY", "XLIST", "ESEARCH", "CONVERSIONS",
+               "URLFETCH", "GENURLAUTH", "RESETKEY", "REPLACE"}
+
 SIMPLE = {"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE",
           "UNSELECT", "EXPUNGE", "IDLE", "NAMESPACE"}
 
@@ -567,6 +574,8 @@ def parse_command(data: bytes) -> Command:
         return _uid_command(reader, tag, reader.keyword())
     parse = _PARSERS.get(name)
     if parse is None:
+        if name in NOT_OFFERED:
+            return Command(tag, name)  # its arguments do not matter
         if name in SIMPLE:
             reader.end()
             return Command(tag, name)
@@ -579,6 +588,8 @@ def parse_command(data: bytes) -> Command:
 def _uid_command(reader: _Reader, tag: bytes, name: str) -> Command:
     command: Command
     parse = _UID_PARSERS.get(name)
+    if name in NOT_OFFERED:
+        return Command(tag, f"UID {name}")
     if parse is not None:
         command = parse(reader, tag, name, True)
     elif name == "EXPUNGE":
