@@ -26,6 +26,7 @@ cat <<INFO
 
   Point a mail client (Thunderbird, Outlook, swaks) at:
     SMTP server   127.0.0.1   port 2587   STARTTLS   normal password
+    IMAP server   127.0.0.1   port 1143   STARTTLS   (or port 1993, SSL/TLS)
     user name     $OFFICER
     password      $PASSWORD
   The certificate is a self-signed development certificate ($DIR/var/tls/cert.pem):

@@ -94,7 +94,7 @@ class GPG:
         `passphrase` unlocks a secret key on import.
         """
         data = armored.encode() if isinstance(armored, str) else armored
-        result = self.run("--passphrase", passphrase, "--import", input=data)
+        result = self.run(f"--passphrase={passphrase}", "--import", input=data)
         return [line.split()[2] for line in result.lines("IMPORT_OK")]
 
     def generate(self, email: str, algo: str = "ed25519", usage: str = "default",
@@ -133,7 +133,7 @@ class GPG:
         return self.run("--armor", "--export", fingerprint).stdout.decode()
 
     def export_secret(self, fingerprint: str, passphrase: str = "") -> str:
-        result = self.run("--armor", "--passphrase", passphrase,
+        result = self.run("--armor", f"--passphrase={passphrase}",
                           "--export-secret-keys", fingerprint)
         return result.stdout.decode()
 

@@ -217,7 +217,7 @@ def test_wire_copy_is_encrypted_signed_and_opens_at_the_peer(
     armored = data_part.get_payload(decode=True)
     assert isinstance(armored, bytes)
     result = gpg.run(
-        "--passphrase", passphrase, "--decrypt", input=armored, check=False
+        f"--passphrase={passphrase}", "--decrypt", input=armored, check=False
     )
     assert result.has("DECRYPTION_OKAY") and result.has("GOODSIG"), result.stderr
     assert not result.has("BADSIG") and not result.has("DECRYPTION_FAILED")
