@@ -91,7 +91,9 @@ class SMTPSettings(_Section):
     max_line_length: int = Field(
         1000, ge=100, description="Octets per line including CRLF (RFC 5321: 1000)."
     )
-    max_sessions: int = Field(500, gt=0, description="Sessions at once on each listener, all clients.")
+    max_sessions: int = Field(
+        500, gt=0, description="Sessions at once on each listener, all clients."
+    )
     max_sessions_per_client: int = Field(
         20, gt=0, description="Sessions at once from one client address."
     )

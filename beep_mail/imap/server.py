@@ -25,13 +25,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections import Counter
 
 from beep_mail import logs
 from beep_mail.imap import commands, parser
 from beep_mail.imap.commands import Context, Services
 from beep_mail.imap.errors import Bad, Bye, ImapError, ParseError, ServerBug, TooBig
 from beep_mail.imap.session import State
+from beep_mail.limits import Refusal, SessionCounter
 
 log = logging.getLogger("beepmail.imap")
 
@@ -55,33 +55,17 @@ class _LineTooLong(Exception):
         self.head = head
 
 
-class Limits:
-    """Open sessions of the IMAP listeners, overall and per client address."""
-
-    def __init__(self, total: int, per_client: int) -> None:
-        self.total = total
-        self.per_client = per_client
-        self.open: Counter[str] = Counter()
-        self.connections: set[Connection] = set()
-        self.idle = asyncio.Event()
-        self.idle.set()
+class Limits(SessionCounter):
+    """Open sessions of the IMAP listeners, and the BYE for one too many."""
 
     def admit(self, address: str) -> str | None:
         """None when admitted, else the reason for the BYE."""
-        if sum(self.open.values()) >= self.total:
+        refusal = self.enter(address)
+        if refusal is Refusal.OVERALL:
             return "Too many connections; try again later"
-        if self.open[address] >= self.per_client:
+        if refusal is Refusal.FROM_CLIENT:
             return "Too many connections from your address; try again later"
-        self.open[address] += 1
-        self.idle.clear()
         return None
-
-    def leave(self, address: str) -> None:
-        self.open[address] -= 1
-        if self.open[address] <= 0:
-            del self.open[address]
-        if not self.open:
-            self.idle.set()
 
 
 class Connection:

@@ -16,43 +16,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections import Counter
 from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP
 
 from beep_mail import logs
+from beep_mail.limits import Refusal, SessionCounter
 from beep_mail.smtp import replies
 
 log = logging.getLogger("beepmail.smtp")
 
 
-class SessionLimits:
-    """Counts open sessions of one listener, overall and per client address."""
+class SessionLimits(SessionCounter):
+    """The sessions of one SMTP listener, and the reply for one too many."""
 
     def __init__(self, total: int, per_client: int) -> None:
-        self.total = total
-        self.per_client = per_client
-        self.open: Counter[str] = Counter()
+        super().__init__(total, per_client)
         self.sessions: set[GatewaySMTP] = set()
-        self.idle = asyncio.Event()
-        self.idle.set()
 
     def admit(self, address: str) -> replies.Reply | None:
-        if sum(self.open.values()) >= self.total:
+        refusal = self.enter(address)
+        if refusal is Refusal.OVERALL:
             return replies.TOO_MANY_CONNECTIONS
-        if self.open[address] >= self.per_client:
+        if refusal is Refusal.FROM_CLIENT:
             return replies.TOO_MANY_FROM_YOU
-        self.open[address] += 1
-        self.idle.clear()
         return None
-
-    def leave(self, address: str) -> None:
-        self.open[address] -= 1
-        if self.open[address] <= 0:
-            del self.open[address]
-        if not self.open:
-            self.idle.set()
 
 
 class GatewaySMTP(SMTP):

@@ -53,9 +53,7 @@ def _user(row: object) -> UserRecord:
 
 
 def _domain(row: object) -> DomainRecord:
-    r = row
-    return DomainRecord(r.name, r.role, r.allowed, r.next_hop,  # type: ignore[attr-defined]
-                        r.tls, r.encryption, r.created_at, r.updated_at)  # type: ignore[attr-defined]
+    return DomainRecord(*(getattr(row, name) for name in DomainRecord.__dataclass_fields__))
 
 
 # -- users ------------------------------------------------------------------
