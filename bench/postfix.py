@@ -5,7 +5,8 @@ own configuration folder, queue folder and data folder under the bench's
 temporary folder, listens on a loopback port of its own, and relays every
 message to a sink on another loopback port. It is started in the foreground
 (`master -d`, after `postfix check` has made the queue folders), so the
-bench knows the master's pid and stops it by that pid; the folder goes with the rest of the bench's files.
+bench knows the master's pid and stops it by that pid; the folder goes with
+the rest of the bench's files.
 
 Clients get what the gateway offers them: STARTTLS with the same
 certificate, then AUTH PLAIN or LOGIN, checked by Cyrus SASL against a

@@ -77,7 +77,8 @@ def memory_line(memory: dict[str, Any]) -> str:
     return (f"peak RSS {memory['peak_rss_mb']} MiB with {memory['clients']} x "
             f"{memory['message_mb']} MiB in flight ({memory['accepted']} accepted, "
             f"{memory['errors']} errors; idle {memory['idle_rss_mb']} MiB, "
-            f"{memory.get('rss_per_mb_in_flight')} MiB above idle per MiB in flight); bare aiosmtpd "
+            f"{memory.get('rss_per_mb_in_flight')} MiB above idle per MiB in flight); "
+            "bare aiosmtpd "
             f"{memory.get('sink_peak_rss_mb')} MiB (idle {memory.get('sink_idle_rss_mb')}"
             f" MiB, {memory.get('sink_rss_per_mb_in_flight')} per MiB)")
 

@@ -141,8 +141,10 @@ def test_flags_in_one_statement_per_set(db: Database) -> None:
         "$Work \\Seen \\Flagged")
     with pytest.raises(mailstore.FlagsTooLong):
         mailstore.store_flags(db.engine, anna, inbox, [(1, 1)], "+", ["$" + "x" * 990])
+    box = mailstore.get_mailbox(db.engine, anna, "INBOX")
+    assert box is not None
     assert mailstore.counts(db.engine, anna, "INBOX") == mailstore.Counts(
-        5, 2, 6, mailstore.get_mailbox(db.engine, anna, "INBOX").uidvalidity)  # type: ignore[union-attr]
+        5, 2, 6, box.uidvalidity)
 
 
 def test_many_ranges_in_one_request(db: Database) -> None:
