@@ -125,6 +125,20 @@ def read(keys: Keys, blob: bytes) -> bytes:
     raise VaultError("entry is in no known stored format")
 
 
+class Opener:
+    """`read` for many entries of one mailbox owner: the cipher is set up once."""
+
+    def __init__(self, keys: Keys) -> None:
+        self._keys = keys
+        self._aad = _aad(keys.user_id)
+        self._cipher = atrest.Cipher(keys.mailbox_key)
+
+    def read(self, blob: bytes) -> bytes:
+        if blob.startswith(MAILBOX_SEALED):
+            return self._cipher.unseal(blob[len(MAILBOX_SEALED):], self._aad)
+        return read(self._keys, blob)
+
+
 def seal_for_mailbox(keys: Keys, plaintext: bytes) -> bytes:
     return MAILBOX_SEALED + atrest.seal(keys.mailbox_key, plaintext, _aad(keys.user_id))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.quoprimime
+import imaplib
 import json
 import random
 import re
@@ -377,6 +378,19 @@ def test_disk_copy_reveals_nothing(site: Site, tmp_path: Path) -> None:
     assert all(raw.startswith(vault.MAILBOX_SEALED) for raw in site.raw_entries(carol))
     assert site.inbox(carol) == got
     assert leaks_on_disk(steal(site, tmp_path / "resealed"), forms) == []
+    assert leaks_in_database(site, forms) == []
+
+    # An IMAP session settles them (their summaries: envelope, structure,
+    # header section) and saves a copy to Sent: all of it sealed too.
+    with GatewayThread(site.settings()) as gateway:
+        with imaplib.IMAP4_SSL("localhost", gateway.service.port("imaps"),
+                               ssl_context=site.ssl_context()) as client:
+            client.login(carol, PASSWORD)
+            assert client.select("INBOX") == ("OK", [b"2"])
+            status, data = client.fetch("1:*", "(ENVELOPE BODYSTRUCTURE)")
+            assert status == "OK" and len(data) == 2
+            assert client.append("Sent", None, None, letter(carol, alice))[0] == "OK"
+    assert leaks_on_disk(steal(site, tmp_path / "settled"), forms) == []
     assert leaks_in_database(site, forms) == []
 
 

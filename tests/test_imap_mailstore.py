@@ -179,15 +179,14 @@ def test_everything_is_the_users_own(db: Database) -> None:
 def test_unsettled_entries(db: Database) -> None:
     anna = user(db, "anna")
     inbox = box_id(db, anna, "INBOX")
-    overhead = 10
-    mailstore.append(db.engine, anna, "INBOX", b"x" * 15, 5, (), 0)  # settled
+    mailstore.append(db.engine, anna, "INBOX", b"x" * 15, 5, (), 0, b"summary")  # settled
     mailstore.append(db.engine, anna, "INBOX", b"sealed-for", 99, (), 0)
-    found = mailstore.unsettled(db.engine, anna, inbox, overhead, 0, 0, 10)
+    found = mailstore.unsettled(db.engine, anna, inbox, 0, 0, 10)
     assert [content for _, content in found] == [b"sealed-for"]
-    assert mailstore.unsettled(db.engine, anna, inbox, overhead, 2, 0, 10) == []
-    mailstore.reseal(db.engine, anna, [(found[0][0], b"y" * 17, 7)])
-    assert mailstore.unsettled(db.engine, anna, inbox, overhead, 0, 0, 10) == []
-    with db.engine.connect() as connection:
-        sizes = connection.execute(select(mailbox_entries.c.size)
-                                   .order_by(mailbox_entries.c.uid)).scalars().all()
-    assert sizes == [5, 7]
+    assert mailstore.unsettled(db.engine, anna, inbox, 2, 0, 10) == []
+    mailstore.reseal(db.engine, anna,
+                     [mailstore.Settled(found[0][0], b"y" * 17, 7, b"its summary")])
+    assert mailstore.unsettled(db.engine, anna, inbox, 0, 0, 10) == []
+    metas = mailstore.entries(db.engine, anna, inbox, [(1, 2)], summaries=True)
+    assert [(m.size, m.summary) for m in metas] == [(5, b"summary"), (7, b"its summary")]
+    assert mailstore.entries(db.engine, anna, inbox, [(1, 2)])[0].summary is None

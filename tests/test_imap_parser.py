@@ -28,7 +28,7 @@ from beep_mail.imap.parser import (
     parse_command,
 )
 from beep_mail.imap.render import Message
-from beep_mail.imap.search import Facts, Searcher, needs_message
+from beep_mail.imap.search import Facts, Need, Searcher, needs
 
 
 def bad(data: bytes) -> ParseError:
@@ -280,11 +280,14 @@ def test_search_keys_judge_messages(query: bytes, expected: bool) -> None:
     assert judge(query) is expected
 
 
-def test_search_knows_when_content_is_needed() -> None:
-    def needs(query: bytes) -> bool:
+def test_search_knows_what_of_a_message_it_reads() -> None:
+    def need(query: bytes) -> Need:
         command = parse_command(b"a SEARCH " + query)
         assert isinstance(command, Search)
-        return needs_message(command.key)
+        return needs(command.key)
 
-    assert not needs(b"UNSEEN UID 1:* LARGER 5 SINCE 1-Jan-2024")
-    assert needs(b"OR SEEN SUBJECT x") and needs(b"NOT SENTON 1-Jan-2024")
+    assert need(b"UNSEEN UID 1:* LARGER 5 SINCE 1-Jan-2024") is Need.NOTHING
+    assert need(b"OR SEEN SUBJECT x") is Need.SUMMARY
+    assert need(b"NOT SENTON 1-Jan-2024") is Need.SUMMARY
+    assert need(b"FROM x OR BODY y SEEN") is Need.MESSAGE
+    assert need(b"NOT TEXT y") is Need.MESSAGE

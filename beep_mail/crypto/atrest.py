@@ -50,25 +50,37 @@ def new_key() -> bytes:
     return os.urandom(KEY_BYTES)
 
 
+class Cipher:
+    """`seal` and `unseal` under one key, set up once for many blobs."""
+
+    def __init__(self, key: bytes) -> None:
+        _check_key(key)
+        self._aead = AESGCM(key)
+
+    def seal(self, plaintext: bytes, aad: bytes = b"") -> bytes:
+        nonce = os.urandom(_NONCE_BYTES)
+        return SEALED_VERSION + nonce + self._aead.encrypt(nonce, plaintext, aad)
+
+    def unseal(self, blob: bytes, aad: bytes = b"") -> bytes:
+        if len(blob) < 1 + _NONCE_BYTES + _TAG_BYTES or blob[:1] != SEALED_VERSION:
+            raise IntegrityError("sealed data is malformed")
+        nonce, ciphertext = blob[1:1 + _NONCE_BYTES], blob[1 + _NONCE_BYTES:]
+        try:
+            return self._aead.decrypt(nonce, ciphertext, aad)
+        except InvalidTag:
+            raise IntegrityError(
+                "sealed data failed its integrity check: wrong key or context, or altered"
+            ) from None
+
+
 def seal(key: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
     """AES-256-GCM with a random nonce; `aad` is bound to the result, not stored."""
-    _check_key(key)
-    nonce = os.urandom(_NONCE_BYTES)
-    return SEALED_VERSION + nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+    return Cipher(key).seal(plaintext, aad)
 
 
 def unseal(key: bytes, blob: bytes, aad: bytes = b"") -> bytes:
     """The plaintext of `seal(key, plaintext, aad)`; IntegrityError otherwise."""
-    _check_key(key)
-    if len(blob) < 1 + _NONCE_BYTES + _TAG_BYTES or blob[:1] != SEALED_VERSION:
-        raise IntegrityError("sealed data is malformed")
-    nonce, ciphertext = blob[1:1 + _NONCE_BYTES], blob[1 + _NONCE_BYTES:]
-    try:
-        return AESGCM(key).decrypt(nonce, ciphertext, aad)
-    except InvalidTag:
-        raise IntegrityError(
-            "sealed data failed its integrity check: wrong key or context, or altered"
-        ) from None
+    return Cipher(key).unseal(blob, aad)
 
 
 def wrap_key(key: bytes, recipients: Sequence[PublicKey]) -> bytes:

@@ -35,6 +35,7 @@ from beep_mail.crypto.openpgp import OpenPGPError
 from beep_mail.crypto.passwords import Passwords
 from beep_mail.imap import fetch as fetching
 from beep_mail.imap import names, render
+from beep_mail.imap import summary as summaries
 from beep_mail.imap.errors import (
     AlreadyExists,
     AuthenticationFailed,
@@ -71,7 +72,7 @@ from beep_mail.imap.parser import (
     UidExpunge,
     format_set,
 )
-from beep_mail.imap.search import Facts, Searcher, needs_message
+from beep_mail.imap.search import Facts, Need, Searcher, needs
 from beep_mail.imap.session import Selected, Session, State, flag_list, flag_set
 from beep_mail.keyring import KeyringError
 from beep_mail.smtp.throttle import Throttle
@@ -82,6 +83,7 @@ log = logging.getLogger("beepmail.imap")
 
 BATCH_BYTES = 4 * 1024 * 1024  # message content opened at once by FETCH and SEARCH
 BATCH_COUNT = 100
+SUMMARY_BATCH = 1000  # summaries (a few hundred bytes each) opened at once
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 BASE_CAPABILITIES = ("IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE",
                      "NAMESPACE", "UNSELECT", "UIDPLUS", "MOVE", "SPECIAL-USE",
@@ -496,11 +498,11 @@ async def _append(ctx: Context, command: Append) -> Done:
         raise Cannot("An empty message cannot be stored")
     keys = ctx.session.user
     when = command.date.timestamp() if command.date else time.time()
-    sealed = await asyncio.to_thread(vault.seal_for_mailbox, keys, command.message)
+    sealed, summary = await asyncio.to_thread(_seal_with_summary, keys, command.message)
     try:
         uidvalidity, uid = await ctx.db.run(
             mailstore.append, keys.user_id, name, sealed, len(command.message),
-            command.flags, when)
+            command.flags, when, summary)
     except mailstore.MailboxNotFound:
         raise TryCreate(f"There is no mailbox {name}") from None
     except mailstore.FlagsTooLong:
@@ -509,6 +511,11 @@ async def _append(ctx: Context, command: Append) -> Done:
     ctx.session.notify(told=selected is None or selected.name != name)
     logs.event(log, "append", size=len(command.message))
     return "APPEND completed", f"APPENDUID {uidvalidity} {uid}"
+
+
+def _seal_with_summary(keys: vault.Keys, message: bytes) -> tuple[bytes, bytes]:
+    return (vault.seal_for_mailbox(keys, message),
+            vault.seal_for_mailbox(keys, summaries.build(message)))
 
 
 async def _enable(ctx: Context, command: Enable) -> Done:
@@ -598,8 +605,13 @@ def _resolve(selected: Selected, uid: bool, numbers: Any) -> list[int]:
 
 
 def _batches(
-    metas: Sequence[mailstore.EntryMeta],
+    metas: Sequence[mailstore.EntryMeta], by_size: bool = True,
 ) -> Iterator[list[mailstore.EntryMeta]]:
+    """Entries in groups to open at once: by content size, or many summaries."""
+    if not by_size:
+        for start in range(0, len(metas), SUMMARY_BATCH):
+            yield list(metas[start:start + SUMMARY_BATCH])
+        return
     batch: list[mailstore.EntryMeta] = []
     size = 0
     for meta in metas:
@@ -622,8 +634,10 @@ async def _fetch(ctx: Context, command: Fetch) -> Done:
     if not uids:
         return f"{command.name} completed", None
     user_id = session.user.user_id
+    content = fetching.needs_message(items)
+    brief = content and summaries.covers(items)
     metas = await ctx.db.run(mailstore.entries, user_id, selected.mailbox_id,
-                             selected.ranges(uids))
+                             selected.ranges(uids), brief)
     newly_seen: set[int] = set()
     if fetching.marks_seen(items) and not selected.readonly:
         unseen = [m.uid for m in metas if "\\Seen" not in flag_set(m.flags)]
@@ -632,15 +646,18 @@ async def _fetch(ctx: Context, command: Fetch) -> Done:
                                        selected.mailbox_id, selected.ranges(unseen),
                                        "+", ["\\Seen"])
             metas = [mailstore.EntryMeta(m.uid, changed.get(m.uid, m.flags),
-                                         m.internal_date, m.size) for m in metas]
+                                         m.internal_date, m.size, m.summary)
+                     for m in metas]
             newly_seen = set(unseen)
             session.notify(told=True)
-    content = fetching.needs_message(items)
     tells_flags = FetchAtt("FLAGS") in items
-    for batch in _batches(metas):
-        messages = (await session.messages(selected.mailbox_id,
-                                           [m.uid for m in batch])
-                    if content else {})
+    for batch in _batches(metas, by_size=not brief):
+        messages: dict[int, fetching.Readable] = {}
+        if brief:
+            messages.update(await _briefly(session, selected, batch, items))
+        elif content:
+            messages.update(await session.messages(selected.mailbox_id,
+                                                   [m.uid for m in batch]))
         lines = await _render(selected, batch, messages, items, newly_seen, content)
         for meta in batch:
             if tells_flags or meta.uid in newly_seen:
@@ -649,8 +666,22 @@ async def _fetch(ctx: Context, command: Fetch) -> Done:
     return f"{command.name} completed", None
 
 
+async def _briefly(session: Session, selected: Selected,
+                   batch: list[mailstore.EntryMeta],
+                   items: tuple[Any, ...]) -> dict[int, fetching.Readable]:
+    """Summaries where they answer `items`, the messages themselves elsewhere."""
+    found: dict[int, fetching.Readable] = {}
+    for uid, summary in (await session.summaries(batch)).items():
+        if summaries.covers(items, summary):
+            found[uid] = summary
+    missing = [m.uid for m in batch if m.uid not in found]
+    if missing:
+        found.update(await session.messages(selected.mailbox_id, missing))
+    return found
+
+
 async def _render(selected: Selected, batch: list[mailstore.EntryMeta],
-                  messages: dict[int, render.Message], items: tuple[Any, ...],
+                  messages: dict[int, fetching.Readable], items: tuple[Any, ...],
                   newly_seen: set[int], content: bool) -> list[bytes]:
     def build() -> list[bytes]:
         lines = []
@@ -740,13 +771,19 @@ async def _search(ctx: Context, command: Search) -> Done:
 
 async def _matching(session: Session, selected: Selected, command: Search) -> list[int]:
     searcher = Searcher(command.key, len(selected.uids), selected.uids[-1])
+    need = needs(command.key)
+    brief = need is Need.SUMMARY
     metas = await session.db.run(mailstore.entries, session.user.user_id,
-                                 selected.mailbox_id, selected.ranges(selected.uids))
-    content = needs_message(command.key)
+                                 selected.mailbox_id, selected.ranges(selected.uids), brief)
+    content = need is not Need.NOTHING
     found: list[int] = []
-    for batch in _batches(metas):
-        messages = (await session.messages(selected.mailbox_id, [m.uid for m in batch])
-                    if content else {})
+    for batch in _batches(metas, by_size=not brief):
+        messages: dict[int, fetching.Readable] = {}
+        if brief:
+            messages.update(await _briefly(session, selected, batch, _HEADER_ITEMS))
+        elif content:
+            messages.update(await session.messages(selected.mailbox_id,
+                                                   [m.uid for m in batch]))
         facts = [Facts(selected.seq_of(m.uid) or 0, m.uid, flag_set(m.flags),
                        m.internal_date, m.size, messages.get(m.uid))
                  for m in batch if selected.seq_of(m.uid)]
@@ -757,6 +794,9 @@ async def _matching(session: Session, selected: Selected, command: Search) -> li
         found.extend(await asyncio.to_thread(judge) if content else judge())
     return found
 
+
+# What header SEARCH keys read of a summary: its header section.
+_HEADER_ITEMS = (FetchAtt("RFC822.HEADER"),)
 
 _HANDLERS: dict[str, tuple[Handler, frozenset[State]]] = {
     "CAPABILITY": (_capability, ANY),

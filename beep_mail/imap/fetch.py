@@ -1,8 +1,9 @@
 """FETCH responses built from a message's stored facts and its parsed content.
 
 Pure, so a batch of them can be built on a worker thread: the data items come
-from `render.Message`; this module only names them and frames them as RFC
-3501, 7.4.2 says. Body data always travels as a literal, whatever it holds.
+from `render.Message`, or from a message's `Summary` for the items it keeps;
+this module only names them and frames them as RFC 3501, 7.4.2 says. Body
+data always travels as a literal, whatever it holds.
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from datetime import UTC, datetime
 from beep_mail.imap import render
 from beep_mail.imap.parser import BodySection, FetchAtt, FetchItem
 from beep_mail.imap.session import flag_list
+from beep_mail.imap.summary import Summary
 from beep_mail.store.mailstore import EntryMeta
+
+# What answers a message's content items: the message, or its summary.
+Readable = render.Message | Summary
 
 _CONTENT = {"ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822", "RFC822.HEADER",
             "RFC822.TEXT"}
@@ -46,11 +51,11 @@ def _literal(data: bytes | None) -> bytes:
     return b"{%d}\r\n" % len(data) + data
 
 
-def _section(message: render.Message, spec: str) -> bytes | None:
+def _section(message: Readable, spec: str) -> bytes | None:
     return message.section(spec)
 
 
-def response(seq: int, meta: EntryMeta, message: render.Message | None,
+def response(seq: int, meta: EntryMeta, message: Readable | None,
              items: tuple[FetchItem, ...], with_flags: bool = False) -> bytes:
     """One `* n FETCH (...)` line, literals included."""
     parts: list[bytes] = []
@@ -69,7 +74,7 @@ def response(seq: int, meta: EntryMeta, message: render.Message | None,
     return b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
 
 
-def _attribute(name: str, meta: EntryMeta, message: render.Message | None) -> bytes:
+def _attribute(name: str, meta: EntryMeta, message: Readable | None) -> bytes:
     label = name.encode("ascii")
     if name == "UID":
         return b"UID %d" % meta.uid

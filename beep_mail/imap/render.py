@@ -51,6 +51,8 @@ import binascii
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import NamedTuple
 from datetime import UTC, datetime
 from email.errors import HeaderParseError
 from email.header import decode_header
@@ -73,8 +75,8 @@ _NIL = b"NIL"
 _NEEDS_LITERAL = re.compile(rb'[\r\n"\\\x80-\xff]')
 # A field is its first line and every line after it that begins with white space;
 # its name is printable US-ASCII but the colon (RFC 5322, 2.2 and 3.6.8).
-_FIELD = re.compile(rb"[^\n]*(?:\n[ \t][^\n]*)*\n?")
-_FIELD_NAME_COLON = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+# Group 1 is the name when the line starts a field.
+_FIELD = re.compile(rb"(?:([\x21-\x39\x3b-\x7e]+)[ \t]*:)?[^\n]*(?:\n[ \t][^\n]*)*\n?")
 _BLANK_AFTER_LINE = re.compile(rb"\n(\r?\n)")
 _FOLD = re.compile(rb"\r?\n(?=[ \t])")
 _DELIMITER_TAIL = re.compile(rb"[ \t]*\r?(?:\n|\Z)")
@@ -135,33 +137,78 @@ def partial(data: bytes, start: int, count: int | None) -> bytes:
 # --- header sections -------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Field:
+class _Field(NamedTuple):
     """One header field as sent: its lines, folding included."""
 
     name: bytes  # lower-case; empty for a line that is not a field
     raw: bytes
-    colon: int  # where the value starts in `raw`, after the colon
-
-    def value(self) -> bytes:
-        """The value unfolded (RFC 5322, 2.2.3), without surrounding white space."""
-        return _FOLD.sub(b"", self.raw[self.colon :]).strip(b" \t\r\n")
 
 
-@dataclass(frozen=True, slots=True)
 class _Header:
-    """A header section: where it lies, its fields, and where the body starts."""
+    """A header section: where it lies, its fields, and where the body starts.
 
-    start: int
-    body: int  # first byte after the empty line, or the end when there is none
-    blank: bool  # whether an empty line ends the section
-    fields: tuple[_Field, ...]
-    firsts: dict[bytes, _Field]  # the first field of each name
+    Fields are found as they are asked for: `first` and `lines_of` search the
+    section for the names they want, and only `fields` splits all of it. A
+    section starts at the start of the message or just after a line end, so
+    `^` in the patterns below finds exactly the lines that start a field.
+    """
+
+    __slots__ = ("_fields", "_firsts", "blank", "body", "raw", "start", "stop")
+
+    def __init__(self, raw: bytes, start: int, stop: int, body: int, blank: bool) -> None:
+        self.raw = raw
+        self.start = start
+        self.stop = stop  # where its fields end: the empty line, or a bound
+        self.body = body  # first byte after the empty line, or the end when there is none
+        self.blank = blank  # whether an empty line ends the section
+        self._fields: tuple[_Field, ...] | None = None
+        self._firsts: dict[bytes, bytes | None] = {}
+
+    @property
+    def fields(self) -> tuple[_Field, ...]:
+        """Every line of the section, as fields (see `_split_fields`)."""
+        if self._fields is None:
+            self._fields = _split_fields(self.raw, self.start, self.stop)
+        return self._fields
 
     def first(self, name: bytes) -> bytes | None:
         """The unfolded value of the first field called `name` (lower-case)."""
-        item = self.firsts.get(name)
-        return None if item is None else item.value()
+        if name in self._firsts:
+            return self._firsts[name]
+        value = None
+        if _NAME_ONLY.fullmatch(name):
+            found = _first_pattern(name).search(self.raw, self.start, self.stop)
+            if found is not None:
+                value = _FOLD.sub(b"", found.group(1)).strip(b" \t\r\n")
+        self._firsts[name] = value
+        return value
+
+    def lines_of(self, names: frozenset[bytes]) -> list[bytes]:
+        """The fields called one of `names`, as sent, in the message's order."""
+        pattern = _fields_pattern(names)
+        if pattern is None:
+            return []
+        return pattern.findall(self.raw, self.start, self.stop)
+
+
+_NAME_ONLY = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
+
+
+@lru_cache(maxsize=256)
+def _first_pattern(name: bytes) -> re.Pattern[bytes]:
+    return re.compile(rb"^" + re.escape(name) + rb"[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)",
+                      re.MULTILINE | re.IGNORECASE)
+
+
+@lru_cache(maxsize=256)
+def _fields_pattern(names: frozenset[bytes]) -> re.Pattern[bytes] | None:
+    """None when no name could be a field's: such names match nothing."""
+    valid = sorted(name for name in names if _NAME_ONLY.fullmatch(name))
+    if not valid:
+        return None
+    alternatives = b"|".join(re.escape(name) for name in valid)
+    return re.compile(rb"^(?:" + alternatives + rb")[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*\n?",
+                      re.MULTILINE | re.IGNORECASE)
 
 
 def _read_header(raw: bytes, start: int, end: int) -> _Header:
@@ -172,13 +219,7 @@ def _read_header(raw: bytes, start: int, end: int) -> _Header:
         stop, body, blank = match.start() + 1, match.end(), True
     else:
         stop, body, blank = end, end, False
-
-    fields = _split_fields(raw, start, min(stop, start + _MAX_FIELD_BYTES))
-    firsts: dict[bytes, _Field] = {}
-    for item in fields:
-        if item.name:
-            firsts.setdefault(item.name, item)
-    return _Header(start, body, blank, fields, firsts)
+    return _Header(raw, start, min(stop, start + _MAX_FIELD_BYTES), body, blank)
 
 
 def _split_fields(raw: bytes, start: int, stop: int) -> tuple[_Field, ...]:
@@ -189,13 +230,14 @@ def _split_fields(raw: bytes, start: int, stop: int) -> tuple[_Field, ...]:
     """
     fields = []
     for match in _FIELD.finditer(raw, start, stop):
-        if match.end() == match.start():
+        begin, end = match.span()
+        if end == begin:
             continue
-        name = _FIELD_NAME_COLON.match(match.group())
+        name = match.group(1)
         if name is None:
-            fields.append(_Field(b"", match.group(), 0))
+            fields.append(_Field(b"", raw[begin:end]))
         else:
-            fields.append(_Field(name.group(1).lower(), match.group(), name.end()))
+            fields.append(_Field(name.lower(), raw[begin:end]))
     return tuple(fields)
 
 
@@ -770,14 +812,27 @@ def _subparts(part: _Part, *, as_message: bool) -> list[_Part]:
     return []
 
 
-def _header_fields(raw: bytes, header: _Header, names: set[bytes], keep: bool) -> bytes:
+def _header_fields(header: _Header, names: frozenset[bytes], keep: bool) -> bytes:
     """HEADER.FIELDS (keep=True) or HEADER.FIELDS.NOT of one header section."""
-    lines = [
-        item.raw if item.raw.endswith(b"\n") else item.raw + b"\r\n"
-        for item in header.fields
-        if item.name and (item.name in names) == keep
-    ]
+    if keep:
+        found = header.lines_of(names)
+    else:
+        found = [item.raw for item in header.fields if item.name and item.name not in names]
+    lines = [line if line.endswith(b"\n") else line + b"\r\n" for line in found]
     return b"".join(lines) + (b"\r\n" if header.blank else b"")
+
+
+@lru_cache(maxsize=64)
+def _field_list(text: str) -> tuple[frozenset[bytes], bool] | None:
+    """The names of HEADER.FIELDS (.NOT) and whether to keep them; None if not that."""
+    match = _FIELD_LIST.fullmatch(text)
+    if match is None:
+        return None
+    names = frozenset(
+        (_QUOTED_PAIR.sub(r"\1", quoted) if quoted else atom).lower().encode()
+        for quoted, atom in _FIELD_NAME.findall(match.group(2))
+    )
+    return names, match.group(1) is None
 
 
 def _message_text(raw: bytes, header: _Header, end: int, text: str) -> bytes | None:
@@ -786,14 +841,10 @@ def _message_text(raw: bytes, header: _Header, end: int, text: str) -> bytes | N
         return raw[header.start : header.body]
     if text == "TEXT":
         return raw[header.body : end]
-    match = _FIELD_LIST.fullmatch(text)
-    if match is None:
+    wanted = _field_list(text)
+    if wanted is None:
         return None
-    names = {
-        (_QUOTED_PAIR.sub(r"\1", quoted) if quoted else atom).lower().encode()
-        for quoted, atom in _FIELD_NAME.findall(match.group(2))
-    }
-    return _header_fields(raw, header, names, keep=match.group(1) is None)
+    return _header_fields(header, *wanted)
 
 
 # --- search ------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """SEARCH keys judged against one message at a time (RFC 3501, 6.4.4).
 
 Pure: the caller gathers what a message offers (`Facts`) and opens its
-content only when `needs_message` says a key reads it. Strings match as
+content only when `needs` says a key reads it. Strings match as
 case-insensitive substrings of the decoded text (RFC 2047 encoded words,
 transfer encodings and charsets decoded by `render`). Dates compare by day,
 without time or zone: the internal date in UTC, the Date field in its own
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from enum import Enum
 
 from beep_mail.imap import render
 from beep_mail.imap.parser import (
@@ -30,6 +31,7 @@ from beep_mail.imap.parser import (
     SearchText,
     in_ranges,
 )
+from beep_mail.imap.summary import Summary
 
 # Header fields whose decoded values TEXT also searches.
 _TEXT_FIELDS = ("subject", "from", "to", "cc", "bcc", "reply-to")
@@ -42,21 +44,32 @@ class Facts:
     flags: set[str]
     internal_date: float
     size: int
-    message: render.Message | None = None
+    message: render.Message | Summary | None = None
 
 
-def needs_message(key: SearchKey) -> bool:
-    if isinstance(key, SearchHeader | SearchText):
-        return True
+class Need(Enum):
+    """What of a message a search reads, least first."""
+
+    NOTHING = 0  # flags, sizes, dates, numbers: the entry's columns
+    SUMMARY = 1  # header fields and the sent date: the summary
+    MESSAGE = 2  # TEXT and BODY: the whole message
+
+
+def needs(key: SearchKey) -> Need:
+    if isinstance(key, SearchText):
+        return Need.MESSAGE
+    if isinstance(key, SearchHeader):
+        return Need.SUMMARY
     if isinstance(key, SearchDate):
-        return key.sent
+        return Need.SUMMARY if key.sent else Need.NOTHING
     if isinstance(key, SearchNot):
-        return needs_message(key.key)
+        return needs(key.key)
     if isinstance(key, SearchOr):
-        return needs_message(key.left) or needs_message(key.right)
+        return max(needs(key.left), needs(key.right), key=lambda need: need.value)
     if isinstance(key, SearchAnd):
-        return any(needs_message(item) for item in key.keys)
-    return False
+        return max((needs(item) for item in key.keys), key=lambda need: need.value,
+                   default=Need.NOTHING)
+    return Need.NOTHING
 
 
 def _fold(text: str) -> str:
@@ -117,7 +130,10 @@ class Searcher:
         if not key.sent:
             day = datetime.fromtimestamp(facts.internal_date, UTC).date()
             return _compare(day, key.relation, key.day)
-        sent = facts.message.date() if facts.message is not None else None
+        message = facts.message
+        if isinstance(message, Summary):
+            return _compare(message.sent_day, key.relation, key.day)
+        sent = message.date() if message is not None else None
         return _compare(sent.date() if sent else None, key.relation, key.day)
 
     def _text(self, key: SearchHeader | SearchText, facts: Facts) -> bool:
@@ -127,6 +143,7 @@ class Searcher:
         if isinstance(key, SearchHeader):
             value = message.header_value(key.field)
             return value is not None and _fold(key.value) in _fold(value)
+        assert isinstance(message, render.Message)  # `needs` asked for the message
         wanted = _fold(key.value)
         if wanted in _fold(message.text_for_search()):
             return True

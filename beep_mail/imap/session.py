@@ -16,8 +16,10 @@ changed, unless the client asked (NOOP, CHECK, IDLE, SELECT).
 
 Before a message is shown it is settled: delivery seals it to the user's
 public key (one public-key operation per read) with a size that is not the
-message's; settling re-seals it under the mailbox key and records its true
-size, so RFC822.SIZE always equals the length of BODY[].
+message's; settling re-seals it under the mailbox key, records its true
+size, so RFC822.SIZE always equals the length of BODY[], and keeps its
+summary (`beep_mail.imap.summary`), from which ENVELOPE, BODYSTRUCTURE,
+header fields and header SEARCH keys are answered without the message.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from enum import Enum
 from beep_mail import logs, vault
 from beep_mail.crypto.openpgp import OpenPGPError
 from beep_mail.imap import render
+from beep_mail.imap.summary import Summary, SummaryError, build as build_summary
 from beep_mail.imap.errors import Bad, Bye, ServerBug
 from beep_mail.imap.hub import Hub
 from beep_mail.imap.parser import SequenceSet, in_ranges
@@ -162,16 +165,12 @@ class Session:
         self.selected: Selected | None = None
         self.cache = MessageCache()
         self.version = 0
-        self._overhead = 0
 
     # -- who ------------------------------------------------------------------------
 
     def sign_in(self, keys: vault.Keys) -> None:
         self.keys = keys
         self.state = State.AUTHENTICATED
-        # What sealing adds to a message's length: an entry whose stored length
-        # is its size plus this is settled (see `settle`).
-        self._overhead = len(vault.seal_for_mailbox(keys, b""))
 
     @property
     def user(self) -> vault.Keys:
@@ -297,7 +296,7 @@ class Session:
         cursor, settled = 0, 0
         while True:
             batch = await self.db.run(mailstore.unsettled, keys.user_id, mailbox_id,
-                                      self._overhead, above, cursor, SETTLE_BATCH)
+                                      above, cursor, SETTLE_BATCH)
             if not batch:
                 return settled
             cursor = batch[-1][0]
@@ -328,6 +327,10 @@ class Session:
             found.update(opened)
         return found
 
+    async def summaries(self, metas: Sequence[mailstore.EntryMeta]) -> dict[int, Summary]:
+        """The summaries of entries read with theirs, opened; by UID."""
+        return await asyncio.to_thread(_open_summaries, self.user, metas)
+
 
 def _open(keys: vault.Keys, blobs: dict[int, bytes]) -> dict[int, render.Message]:
     opened: dict[int, render.Message] = {}
@@ -342,9 +345,26 @@ def _open(keys: vault.Keys, blobs: dict[int, bytes]) -> dict[int, render.Message
     return opened
 
 
+def _open_summaries(keys: vault.Keys,
+                    metas: Sequence[mailstore.EntryMeta]) -> dict[int, Summary]:
+    opener = vault.Opener(keys)
+    opened: dict[int, Summary] = {}
+    for meta in metas:
+        if meta.summary is None:
+            continue  # settled after this command looked: it opens the message
+        try:
+            opened[meta.uid] = Summary(opener.read(meta.summary))
+        except (vault.VaultError, SummaryError) as error:
+            logs.event(log, "unreadable", logging.ERROR, uid=meta.uid,
+                       reason=type(error).__name__)
+            raise ServerBug(f"Message UID {meta.uid} cannot be opened; "
+                            "tell your administrator") from None
+    return opened
+
+
 def _reseal(keys: vault.Keys,
-            batch: list[tuple[int, bytes]]) -> list[tuple[int, bytes, int]]:
-    done: list[tuple[int, bytes, int]] = []
+            batch: list[tuple[int, bytes]]) -> list[mailstore.Settled]:
+    done: list[mailstore.Settled] = []
     for entry_id, blob in batch:
         try:
             plaintext = vault.read(keys, blob)
@@ -355,5 +375,6 @@ def _reseal(keys: vault.Keys,
             continue
         if not blob.startswith(vault.MAILBOX_SEALED):
             blob = vault.seal_for_mailbox(keys, plaintext)
-        done.append((entry_id, blob, len(plaintext)))
+        summary = vault.seal_for_mailbox(keys, build_summary(plaintext))
+        done.append(mailstore.Settled(entry_id, blob, len(plaintext), summary))
     return done

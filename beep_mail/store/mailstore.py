@@ -89,6 +89,7 @@ class EntryMeta:
     flags: str
     internal_date: float
     size: int
+    summary: bytes | None = None  # sealed; read only when asked for
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,16 @@ class View:
 
     mailbox: MailboxRow | None
     entries: list[tuple[int, str]]
+
+
+@dataclass(frozen=True)
+class Settled:
+    """An entry sealed under the mailbox key, with its size and summary."""
+
+    entry_id: int
+    content: bytes
+    size: int
+    summary: bytes
 
 
 @dataclass(frozen=True)
@@ -333,16 +344,20 @@ def view(engine: Engine, user_id: int, mailbox_id: int) -> View:
 
 
 def entries(engine: Engine, user_id: int, mailbox_id: int,
-            ranges: Ranges) -> list[EntryMeta]:
+            ranges: Ranges, summaries: bool = False) -> list[EntryMeta]:
+    """The entries in `ranges` of UIDs, in UID order; their summaries if asked."""
+    e = mailbox_entries.c
+    columns = [e.uid, e.flags, e.internal_date, e.size]
+    if summaries:
+        columns.append(e.summary)
     found: list[EntryMeta] = []
     with engine.connect() as connection:
         for chunk in _chunks(ranges):
             rows = connection.execute(
-                select(mailbox_entries.c.uid, mailbox_entries.c.flags,
-                       mailbox_entries.c.internal_date, mailbox_entries.c.size)
-                .where(_entries_of(user_id, mailbox_id), _uid_in(chunk))
-                .order_by(mailbox_entries.c.uid)).all()
-            found.extend(EntryMeta(int(r[0]), r[1], float(r[2]), int(r[3]))
+                select(*columns).where(_entries_of(user_id, mailbox_id), _uid_in(chunk))
+                .order_by(e.uid)).all()
+            found.extend(EntryMeta(int(r[0]), r[1], float(r[2]), int(r[3]),
+                                   bytes(r[4]) if summaries and r[4] is not None else None)
                          for r in rows)
     return found
 
@@ -459,13 +474,15 @@ def _copy_row(connection: Connection, source: ColumnElement[bool], target_id: in
               uid: int) -> None:
     e = mailbox_entries.c
     connection.execute(mailbox_entries.insert().from_select(
-        ["mailbox_id", "user_id", "uid", "internal_date", "size", "flags", "content"],
+        ["mailbox_id", "user_id", "uid", "internal_date", "size", "flags", "content",
+         "summary"],
         select(literal(target_id), e.user_id, literal(uid), e.internal_date, e.size,
-               e.flags, e.content).where(source)))
+               e.flags, e.content, e.summary).where(source)))
 
 
 def append(engine: Engine, user_id: int, name: str, content: bytes, size: int,
-           flags: Sequence[str], internal_date: float) -> tuple[int, int]:
+           flags: Sequence[str], internal_date: float,
+           summary: bytes | None = None) -> tuple[int, int]:
     """A new message at the end of a mailbox: (UIDVALIDITY, UID)."""
     value = " ".join(dict.fromkeys(flags))
     if len(value) > MAX_FLAGS_LENGTH:
@@ -474,36 +491,38 @@ def append(engine: Engine, user_id: int, name: str, content: bytes, size: int,
         target, uid = _take_uids(connection, user_id, name, 1)
         connection.execute(mailbox_entries.insert().values(
             mailbox_id=target.id, user_id=user_id, uid=uid,
-            internal_date=internal_date, size=size, flags=value, content=content))
+            internal_date=internal_date, size=size, flags=value, content=content,
+            summary=summary))
     return target.uidvalidity, uid
 
 
 # -- entries sealed at delivery, settled by sessions --------------------------
 
-def unsettled(engine: Engine, user_id: int, mailbox_id: int, overhead: int,
+def unsettled(engine: Engine, user_id: int, mailbox_id: int,
               above_uid: int, after_id: int, limit: int) -> list[tuple[int, bytes]]:
-    """(entry id, content) of entries whose stored length is not size + overhead.
+    """(entry id, content) of entries that have no summary yet.
 
-    Those are the entries delivery sealed to the user's key, with the size of
-    what it was given, and those re-sealed by recovery: the session settles
-    them. `length()` reads no content on either database.
+    Those are the entries delivery sealed to the user's key, those re-sealed
+    by recovery, and those stored before summaries were kept: the session
+    settles them.
     """
     e = mailbox_entries.c
     with engine.connect() as connection:
         rows = connection.execute(
             select(e.id, e.content)
             .where(_entries_of(user_id, mailbox_id), e.uid > above_uid,
-                   e.id > after_id, func.length(e.content) != e.size + overhead)
+                   e.id > after_id, e.summary.is_(None))
             .order_by(e.id).limit(limit)).all()
     return [(int(entry_id), bytes(content)) for entry_id, content in rows]
 
 
 def reseal(engine: Engine, user_id: int,
-           replacements: Sequence[tuple[int, bytes, int]]) -> None:
-    """New content and its true size for entries (id, content, size)."""
+           replacements: Sequence[Settled]) -> None:
+    """New content, its true size and its summary for entries."""
     with engine.begin() as connection:
-        for entry_id, content, size in replacements:
+        for done in replacements:
             connection.execute(update(mailbox_entries)
                                .where(mailbox_entries.c.user_id == user_id,
-                                      mailbox_entries.c.id == entry_id)
-                               .values(content=content, size=size))
+                                      mailbox_entries.c.id == done.entry_id)
+                               .values(content=done.content, size=done.size,
+                                       summary=done.summary))

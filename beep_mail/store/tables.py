@@ -131,6 +131,10 @@ class MailboxEntry(SQLModel, table=True):
     flags: str = Field(default="", max_length=1000)
     delivery_key: str | None = Field(default=None, max_length=400)
     content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # What FETCH and SEARCH read most (beep_mail.imap.summary), sealed like
+    # content; NULL until a session of the owner settles the entry.
+    summary: bytes | None = Field(default=None,
+                                  sa_column=Column(LargeBinary, nullable=True))
 
 
 class Key(SQLModel, table=True):
