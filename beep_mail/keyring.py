@@ -149,11 +149,14 @@ def user_public(connection: Connection, address: str) -> PublicKey:
     return public(record)
 
 
-def unlock_user(connection: Connection, address: str, password: str) -> UnlockedKey:
+def unlock_user(connection: Connection, address: str, password: str, *,
+                decrypt_only: bool = False) -> UnlockedKey:
+    """A user's key; `decrypt_only` for a reader who opens mail and signs nothing."""
     record = key_store.active_key(connection, "user", address)
     if record is None or record.secret_key is None:
         raise KeyringError(f"{address} has no key")
-    return openpgp.load_secret(record.secret_key).unlock(password)
+    return openpgp.load_secret(record.secret_key).unlock(password,
+                                                         decrypt_only=decrypt_only)
 
 
 # -- keys of correspondents ---------------------------------------------------------

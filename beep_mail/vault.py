@@ -104,7 +104,9 @@ def open_keys(engine: Engine, address: str, password: str) -> Keys:
         user = accounts.find_user(connection, address)
         if user is None:
             raise VaultError(f"no user {address}")
-        unlocked = keyring.unlock_user(connection, user.address, password)
+        # A session reads mail and signs nothing: one key part to unlock.
+        unlocked = keyring.unlock_user(connection, user.address, password,
+                                       decrypt_only=True)
         stored = key_store.get_mailbox_key(connection, user.id)
     if stored is None:
         raise VaultError(f"{address} has no mailbox key")

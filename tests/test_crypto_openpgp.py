@@ -234,6 +234,24 @@ def test_relock_changes_the_passphrase_and_keeps_the_key(ours: dict[str, Ours]) 
     assert openpgp.load_secret(relocked.armored).unlock("a new passphrase")
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_key_unlocked_to_decrypt_decrypts_and_does_nothing_else(
+        ours: dict[str, Ours], algorithm: str) -> None:
+    key = ours[algorithm]
+    message = openpgp.encrypt(b"for the reader", [key.public])
+    reader = key.secret.unlock(PASSPHRASE, decrypt_only=True)
+    assert not reader.complete and key.unlocked.complete
+    assert openpgp.decrypt(message, [reader]).plaintext == b"for the reader"
+    with pytest.raises(KeyProblem):  # the signing part stayed locked
+        openpgp.sign_detached(b"data", reader)
+    with pytest.raises(KeyProblem):
+        openpgp.relock(reader, "another passphrase")
+    with pytest.raises(KeyProblem):
+        openpgp.revoke(reader)
+    with pytest.raises(KeyProblem):
+        key.secret.unlock("not the passphrase", decrypt_only=True)
+
+
 def test_passphrase_derivation_matches_pgpy_without_its_big_buffer(
         ours: dict[str, Ours]) -> None:
     key = openpgp._parse_key(ours["curve25519"].secret._binary)

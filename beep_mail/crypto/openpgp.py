@@ -408,30 +408,50 @@ class SecretKey:
     def __repr__(self) -> str:
         return f"<SecretKey {self.public.fingerprint}>"
 
-    def unlock(self, passphrase: str) -> UnlockedKey:
-        """The key with its secret material usable; KeyProblem on a wrong passphrase."""
+    def unlock(self, passphrase: str, *, decrypt_only: bool = False) -> UnlockedKey:
+        """The key with its secret material usable; KeyProblem on a wrong passphrase.
+
+        `decrypt_only` unlocks the parts that can decrypt and leaves the others
+        locked: each part stretches the passphrase anew (S2K), so a reader who
+        only opens mail pays for one part instead of two.
+        """
         key = _parse_key(self._binary)
         _stream_s2k(key)
+        parts = _parts_of(key)
+        if decrypt_only:
+            # Parts whose self-signatures allow encryption, expired ones too:
+            # old mail stays readable.
+            wanted = {c.key_id for c in self.public._cert.components
+                      if c.flags & _ENCRYPT_FLAGS}
+            parts = [part for part in parts if _key_id(part) in wanted] or parts
         with _engine(KeyProblem, "the secret key could not be unlocked"):
             try:
-                for part in _parts_of(key):
+                for part in parts:
                     part._key.unprotect(passphrase)
             except PGPDecryptionError:
                 raise KeyProblem("wrong passphrase for the secret key") from None
-        return UnlockedKey(self.public, key, self._binary)
+        return UnlockedKey(self.public, key, self._binary,
+                           parts if decrypt_only else None)
 
 
 class UnlockedKey:
     """Secret material usable in memory; never serialised in clear."""
 
-    def __init__(self, public: PublicKey, key: Any, binary: bytes) -> None:
+    def __init__(self, public: PublicKey, key: Any, binary: bytes,
+                 parts: list[Any] | None = None) -> None:
         self.public = public
         self._key = key
         self._binary = binary  # the locked form, for relock()
+        # Whether every part is unlocked, or only those `parts` (decryption).
+        self.complete = parts is None
         self._parts: dict[str, Any] = {}
-        for part in _parts_of(key):
+        for part in _parts_of(key) if parts is None else parts:
             _keep_private_key(part._key.keymaterial)
             self._parts[_key_id(part)] = part
+
+    def require_complete(self, what: str) -> None:
+        if not self.complete:
+            raise KeyProblem(f"{what} needs the whole key, not one unlocked to decrypt")
 
     def __repr__(self) -> str:
         return f"<UnlockedKey {self.public.fingerprint}>"
@@ -577,6 +597,7 @@ def load_secret(armored: str) -> SecretKey:
 
 def relock(key: UnlockedKey, passphrase: str) -> SecretKey:
     """The same secret key, locked with a new passphrase."""
+    key.require_complete("locking with a new passphrase")
     fresh = _parse_key(key._binary)
     for part in _parts_of(fresh):
         source = key._parts[_key_id(part)]._key.keymaterial
@@ -591,6 +612,7 @@ def relock(key: UnlockedKey, passphrase: str) -> SecretKey:
 
 def revoke(key: UnlockedKey, reason: str = "") -> PublicKey:
     """A copy of the public key carrying a revocation signature."""
+    key.require_complete("revoking")
     public = _parse_key(key.public._cert.binary)
     revocation = _make_signature(
         key._key, SignatureType.KeyRevocation, public,
