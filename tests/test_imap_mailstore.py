@@ -78,8 +78,11 @@ def test_rename_moves_inferiors_and_inbox_is_special(db: Database) -> None:
     moved = mailstore.get_mailbox(db.engine, anna, "Before 2025")
     after = mailstore.get_mailbox(db.engine, anna, "INBOX")
     assert moved is not None and after is not None
-    assert [uid for uid, _ in mailstore.view(db.engine, anna, moved.id).entries] == [
+    assert [uid for uid, _, _ in mailstore.view(db.engine, anna, moved.id).entries] == [
         first, second]
+    # The messages keep their mod-sequences; INBOX, having lost them, goes on.
+    assert moved.highestmodseq == inbox.highestmodseq + 2
+    assert after.highestmodseq == moved.highestmodseq + 1
     assert moved.uidnext == inbox.uidnext + 2
     # INBOX stays, empty, and never hands out those UIDs again.
     assert mailstore.view(db.engine, anna, after.id).entries == []
@@ -97,11 +100,14 @@ def test_uids_copy_and_move(db: Database) -> None:
     archive = box_id(db, anna, "Archive")
     assert mailstore.contents(db.engine, anna, archive, [1, 2]) == {
         1: b"message 1", 2: b"message 3"}
-    assert mailstore.view(db.engine, anna, archive).entries == [(1, "\\Seen"),
-                                                                 (2, "\\Seen")]
+    # One COPY, one mod-sequence for the messages it made.
+    assert mailstore.view(db.engine, anna, archive).entries == [(1, "\\Seen", 2),
+                                                                 (2, "\\Seen", 2)]
     moved = mailstore.copy(db.engine, anna, inbox, [1, 3], "Archive", move=True)
     assert moved.target == [3, 4]
-    assert [u for u, _ in mailstore.view(db.engine, anna, inbox).entries] == [2, 4]
+    assert [u for u, _, _ in mailstore.view(db.engine, anna, inbox).entries] == [2, 4]
+    assert [m for _, _, m in mailstore.view(db.engine, anna, archive).entries] == [
+        2, 2, 3, 3]
     with pytest.raises(MailboxNotFound):
         mailstore.copy(db.engine, anna, inbox, [2], "Nowhere")
     with pytest.raises(MailboxRefused):
@@ -128,13 +134,13 @@ def test_flags_in_one_statement_per_set(db: Database) -> None:
     inbox = box_id(db, anna, "INBOX")
     added = mailstore.store_flags(db.engine, anna, inbox, [(1, 3)], "+",
                                   ["\\Seen", "$Work", "\\Flagged"])
-    assert added == {1: "$Work \\Seen \\Flagged", 2: "$Work \\Seen \\Flagged",
-                     3: "$Work \\Seen \\Flagged"}
+    assert added.flags == {1: "$Work \\Seen \\Flagged", 2: "$Work \\Seen \\Flagged",
+                           3: "$Work \\Seen \\Flagged"}
     removed = mailstore.store_flags(db.engine, anna, inbox, [(2, 2), (4, 5)], "-",
                                     ["$Work", "\\seen"])
-    assert removed == {2: "\\Seen \\Flagged", 4: "", 5: ""}
+    assert removed.flags == {2: "\\Seen \\Flagged", 4: "", 5: ""}
     assert mailstore.store_flags(db.engine, anna, inbox, [(5, 5)], "",
-                                 ["\\Draft", "\\Draft"]) == {5: "\\Draft"}
+                                 ["\\Draft", "\\Draft"]).flags == {5: "\\Draft"}
     # "$Work_" is not "$Work", and "_" is no wildcard.
     mailstore.store_flags(db.engine, anna, inbox, [(1, 1)], "-", ["$Wor_"])
     assert mailstore.view(db.engine, anna, inbox).entries[0][1] == (
@@ -144,7 +150,7 @@ def test_flags_in_one_statement_per_set(db: Database) -> None:
     box = mailstore.get_mailbox(db.engine, anna, "INBOX")
     assert box is not None
     assert mailstore.counts(db.engine, anna, "INBOX") == mailstore.Counts(
-        5, 2, 6, box.uidvalidity)
+        5, 2, 6, box.uidvalidity, box.highestmodseq)
 
 
 def test_many_ranges_in_one_request(db: Database) -> None:
@@ -156,7 +162,7 @@ def test_many_ranges_in_one_request(db: Database) -> None:
              "size": 1, "flags": "", "content": b"m"} for uid in range(1, 3001)])
     odd = [(uid, uid) for uid in range(1, 3001, 2)]
     changed = mailstore.store_flags(db.engine, anna, inbox, odd, "+", ["\\Deleted"])
-    assert len(changed) == 1500
+    assert len(changed.flags) == len(changed.modseqs) == 1500
     assert len(mailstore.entries(db.engine, anna, inbox, odd)) == 1500
     assert mailstore.expunge(db.engine, anna, inbox, odd[:10]) == list(range(1, 20, 2))
     assert len(mailstore.expunge(db.engine, anna, inbox)) == 1490
@@ -169,11 +175,11 @@ def test_everything_is_the_users_own(db: Database) -> None:
     assert mailstore.view(db.engine, bob, annas).mailbox is None
     assert mailstore.contents(db.engine, bob, annas, [1]) == {}
     assert mailstore.entries(db.engine, bob, annas, [(1, 10)]) == []
-    assert mailstore.store_flags(db.engine, bob, annas, [(1, 10)], "", []) == {}
+    assert mailstore.store_flags(db.engine, bob, annas, [(1, 10)], "", []).flags == {}
     assert mailstore.expunge(db.engine, bob, annas) == []
     assert mailstore.copy(db.engine, bob, annas, [1], "INBOX").source == []
     assert mailstore.get_mailbox(db.engine, bob, "INBOX").id != annas  # type: ignore[union-attr]
-    assert [u for u, _ in mailstore.view(db.engine, anna, annas).entries] == [1]
+    assert [u for u, _, _ in mailstore.view(db.engine, anna, annas).entries] == [1]
 
 
 def test_unsettled_entries(db: Database) -> None:
@@ -190,3 +196,46 @@ def test_unsettled_entries(db: Database) -> None:
     metas = mailstore.entries(db.engine, anna, inbox, [(1, 2)], summaries=True)
     assert [(m.size, m.summary) for m in metas] == [(5, b"summary"), (7, b"its summary")]
     assert mailstore.entries(db.engine, anna, inbox, [(1, 2)])[0].summary is None
+
+
+def test_mod_sequences_grow_with_every_change_and_only_then(db: Database) -> None:
+    anna = user(db, "anna")
+    inbox = box_id(db, anna, "INBOX")
+
+    def highest() -> int:
+        return mailstore.counts(db.engine, anna, "INBOX").highestmodseq
+
+    start = highest()
+    for _ in range(3):
+        add(db, anna)
+    assert [m for _, _, m in mailstore.view(db.engine, anna, inbox).entries] == [
+        start + 1, start + 2, start + 3]
+    seen = mailstore.store_flags(db.engine, anna, inbox, [(1, 2)], "+", ["\\Seen"])
+    assert seen.modseqs == {1: start + 4, 2: start + 4} and highest() == start + 4
+    # Adding a flag a message already has changes nothing, and takes nothing.
+    again = mailstore.store_flags(db.engine, anna, inbox, [(1, 2)], "+", ["\\Seen"])
+    assert again.modseqs == {} and set(again.flags) == {1, 2}
+    assert highest() == start + 4
+    # UNCHANGEDSINCE: message 3 (changed at start + 3) passes at start + 3;
+    # messages 1 and 2 (changed at start + 4) fail and stay as they were.
+    guarded = mailstore.store_flags(db.engine, anna, inbox, [(1, 3)], "+", ["$Done"],
+                                    unchanged_since=start + 3)
+    assert guarded.modified == [1, 2]
+    assert guarded.modseqs == {3: start + 5}
+    assert [f for _, f, _ in mailstore.view(db.engine, anna, inbox).entries] == [
+        "\\Seen", "\\Seen", "$Done"]
+    # An expunge takes one too, though no message is left to carry it.
+    mailstore.store_flags(db.engine, anna, inbox, [(3, 3)], "+", ["\\Deleted"])
+    assert mailstore.expunge(db.engine, anna, inbox) == [3]
+    assert highest() == start + 7
+    assert mailstore.expunge(db.engine, anna, inbox) == [] and highest() == start + 7
+
+
+def test_delivery_takes_a_mod_sequence(db: Database) -> None:
+    anna = user(db, "anna")
+    before = mailstore.counts(db.engine, anna, "INBOX").highestmodseq
+    with db.engine.begin() as connection:
+        assert queue_store.store_in_inbox(connection, "anna@ministry.example", b"m", "k")
+    inbox = box_id(db, anna, "INBOX")
+    assert mailstore.view(db.engine, anna, inbox).entries == [(1, "", before + 1)]
+    assert mailstore.counts(db.engine, anna, "INBOX").highestmodseq == before + 1

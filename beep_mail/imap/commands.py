@@ -11,8 +11,13 @@ throttled per account and per client address, and unknown accounts cost the
 same password hash as real ones, as on the SMTP side. The password also opens
 the user's keys (`vault.open_keys`), which then live in the session only.
 
+CONDSTORE (RFC 7162, 3.1) is on for a session from its first enabling
+command (SELECT/EXAMINE with CONDSTORE, ENABLE, a MODSEQ item or key,
+CHANGEDSINCE, UNCHANGEDSINCE, STATUS HIGHESTMODSEQ); from then on every
+FETCH response that tells flags tells MODSEQ too.
+
 What is not offered answers NO [CANNOT] or is simply not announced; see
-docs/limitations.md: CONDSTORE and QRESYNC, LIST-EXTENDED and LIST-STATUS,
+docs/limitations.md: QRESYNC, LIST-EXTENDED and LIST-STATUS,
 ESEARCH, SORT and THREAD, BINARY, CATENATE, MULTIAPPEND, QUOTA, ACL,
 METADATA, NOTIFY, COMPRESS, UTF8=ACCEPT, and the \\Recent flag.
 """
@@ -72,7 +77,7 @@ from beep_mail.imap.parser import (
     UidExpunge,
     format_set,
 )
-from beep_mail.imap.search import Facts, Need, Searcher, needs
+from beep_mail.imap.search import Facts, Need, Searcher, needs, uses_modseq
 from beep_mail.imap.session import Selected, Session, State, flag_list, flag_set
 from beep_mail.keyring import KeyringError
 from beep_mail.smtp.throttle import Throttle
@@ -87,7 +92,7 @@ SUMMARY_BATCH = 1000  # summaries (a few hundred bytes each) opened at once
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 BASE_CAPABILITIES = ("IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE",
                      "NAMESPACE", "UNSELECT", "UIDPLUS", "MOVE", "SPECIAL-USE",
-                     "CHILDREN")
+                     "CHILDREN", "CONDSTORE")
 
 Done = tuple[str, str | None] | None
 
@@ -348,6 +353,7 @@ async def _select(ctx: Context, command: MailboxCommand) -> Done:
     if row is None:
         raise NonExistent(f"There is no mailbox {name}")
     readonly = command.name == "EXAMINE"
+    session.condstore = session.condstore or command.condstore
     selected = await session.select(row, readonly)
     flags = sorted({flag for value in selected.flags.values()
                     for flag in flag_set(value)} - set(SYSTEM_FLAGS))
@@ -366,6 +372,7 @@ async def _select(ctx: Context, command: MailboxCommand) -> Done:
         b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % selected.uidvalidity,
         b"* OK [UIDNEXT %d] Predicted next UID\r\n" % selected.uidnext,
         b"* OK [PERMANENTFLAGS " + flag_list(permanent) + b"] Flags kept\r\n",
+        b"* OK [HIGHESTMODSEQ %d] Mod-sequences kept\r\n" % selected.highestmodseq,
     ]
     for line in lines:
         await ctx.channel.send(line)
@@ -485,7 +492,10 @@ async def _status(ctx: Context, command: Status) -> Done:
     except mailstore.MailboxNotFound:
         raise NonExistent(f"There is no mailbox {name}") from None
     values = {"MESSAGES": counts.messages, "RECENT": 0, "UIDNEXT": counts.uidnext,
-              "UIDVALIDITY": counts.uidvalidity, "UNSEEN": counts.unseen}
+              "UIDVALIDITY": counts.uidvalidity, "UNSEEN": counts.unseen,
+              "HIGHESTMODSEQ": counts.highestmodseq}
+    if "HIGHESTMODSEQ" in command.items:
+        ctx.session.condstore = True  # a CONDSTORE-enabling command (RFC 7162, 3.1)
     items = " ".join(f"{item} {values[item]}" for item in command.items)
     await ctx.channel.send(b"* STATUS " + render.quote(names.encode(name))
                            + f" ({items})\r\n".encode())
@@ -519,9 +529,13 @@ def _seal_with_summary(keys: vault.Keys, message: bytes) -> tuple[bytes, bytes]:
 
 
 async def _enable(ctx: Context, command: Enable) -> Done:
-    # None of the extensions ENABLE can switch on (CONDSTORE, QRESYNC,
-    # UTF8=ACCEPT) is offered, so none is enabled.
-    await ctx.channel.send(b"* ENABLED\r\n")
+    # CONDSTORE is the one extension ENABLE can switch on here (RFC 5161);
+    # others (QRESYNC, UTF8=ACCEPT) are not offered and go unmentioned.
+    enabled = b""
+    if "CONDSTORE" in command.capabilities:
+        ctx.session.condstore = True
+        enabled = b" CONDSTORE"
+    await ctx.channel.send(b"* ENABLED" + enabled + b"\r\n")
     return "ENABLE completed", None
 
 
@@ -631,6 +645,10 @@ async def _fetch(ctx: Context, command: Fetch) -> Done:
     items = command.items
     if command.uid and FetchAtt("UID") not in items:
         items = (FetchAtt("UID"), *items)
+    if command.changed_since is not None and _MODSEQ not in items:
+        items = (*items, _MODSEQ)  # RFC 7162, 3.1.4.1
+    if _MODSEQ in items:
+        session.condstore = True
     if not uids:
         return f"{command.name} completed", None
     user_id = session.user.user_id
@@ -638,15 +656,18 @@ async def _fetch(ctx: Context, command: Fetch) -> Done:
     brief = content and summaries.covers(items)
     metas = await ctx.db.run(mailstore.entries, user_id, selected.mailbox_id,
                              selected.ranges(uids), brief)
+    if command.changed_since is not None:
+        metas = [m for m in metas if m.modseq > command.changed_since]
     newly_seen: set[int] = set()
     if fetching.marks_seen(items) and not selected.readonly:
         unseen = [m.uid for m in metas if "\\Seen" not in flag_set(m.flags)]
         if unseen:
-            changed = await ctx.db.run(mailstore.store_flags, user_id,
-                                       selected.mailbox_id, selected.ranges(unseen),
-                                       "+", ["\\Seen"])
-            metas = [mailstore.EntryMeta(m.uid, changed.get(m.uid, m.flags),
-                                         m.internal_date, m.size, m.summary)
+            stored = await ctx.db.run(mailstore.store_flags, user_id,
+                                      selected.mailbox_id, selected.ranges(unseen),
+                                      "+", ["\\Seen"])
+            metas = [mailstore.EntryMeta(m.uid, stored.flags.get(m.uid, m.flags),
+                                         m.internal_date, m.size,
+                                         stored.modseqs.get(m.uid, m.modseq), m.summary)
                      for m in metas]
             newly_seen = set(unseen)
             session.notify(told=True)
@@ -658,10 +679,12 @@ async def _fetch(ctx: Context, command: Fetch) -> Done:
         elif content:
             messages.update(await session.messages(selected.mailbox_id,
                                                    [m.uid for m in batch]))
-        lines = await _render(selected, batch, messages, items, newly_seen, content)
+        lines = await _render(selected, batch, messages, items, newly_seen, content,
+                              session.condstore)
         for meta in batch:
             if tells_flags or meta.uid in newly_seen:
                 selected.flags[meta.uid] = meta.flags  # the client knows them now
+                selected.modseqs[meta.uid] = meta.modseq
         await ctx.channel.send(b"".join(lines))
     return f"{command.name} completed", None
 
@@ -682,7 +705,7 @@ async def _briefly(session: Session, selected: Selected,
 
 async def _render(selected: Selected, batch: list[mailstore.EntryMeta],
                   messages: dict[int, fetching.Readable], items: tuple[Any, ...],
-                  newly_seen: set[int], content: bool) -> list[bytes]:
+                  newly_seen: set[int], content: bool, condstore: bool) -> list[bytes]:
     def build() -> list[bytes]:
         lines = []
         for meta in batch:
@@ -691,7 +714,8 @@ async def _render(selected: Selected, batch: list[mailstore.EntryMeta],
                 lines.append(b"")
                 continue
             lines.append(fetching.response(seq, meta, messages.get(meta.uid), items,
-                                           with_flags=meta.uid in newly_seen))
+                                           with_flags=meta.uid in newly_seen,
+                                           condstore=condstore))
         return lines
 
     # Rendering a structure or a section of a large message takes a while:
@@ -703,26 +727,40 @@ async def _store(ctx: Context, command: Store) -> Done:
     session = ctx.session
     selected = session.require_selected()
     _writable(selected)
+    if command.unchanged_since is not None:
+        session.condstore = True
     uids = _resolve(selected, command.uid, command.numbers)
     if not uids:
         return f"{command.name} completed", None
     try:
-        changed = await ctx.db.run(mailstore.store_flags, session.user.user_id,
-                                   selected.mailbox_id, selected.ranges(uids),
-                                   command.mode, command.flags)
+        stored = await ctx.db.run(mailstore.store_flags, session.user.user_id,
+                                  selected.mailbox_id, selected.ranges(uids),
+                                  command.mode, command.flags, command.unchanged_since)
     except mailstore.FlagsTooLong:
         raise Limit("Too many flags on one message") from None
     session.notify(told=True)
     for uid in uids:
-        flags = changed.get(uid)
+        flags = stored.flags.get(uid)
         seq = selected.seq_of(uid)
         if flags is None or seq is None:
             continue
         selected.flags[uid] = flags
+        modseq = stored.modseqs.get(uid)
+        if modseq is not None:
+            selected.modseqs[uid] = modseq
+        uid_part = b" UID %d" % uid if command.uid else b""
         if not command.silent:
-            uid_part = b" UID %d" % uid if command.uid else b""
-            await ctx.channel.send(b"* %d FETCH (FLAGS %s%s)\r\n"
-                                   % (seq, flag_list(flags), uid_part))
+            known = selected.modseqs.get(uid, 1)
+            await ctx.channel.send(b"* %d FETCH (FLAGS %s%s%s)\r\n" % (
+                seq, flag_list(flags), uid_part, session.modseq_item(known)))
+        elif session.condstore and modseq is not None:
+            # RFC 7162, 3.1.3: the new mod-sequence is told even when silent.
+            await ctx.channel.send(b"* %d FETCH (MODSEQ (%d)%s)\r\n"
+                                   % (seq, modseq, uid_part))
+    if stored.modified:
+        numbers = stored.modified if command.uid else [
+            seq for seq in map(selected.seq_of, stored.modified) if seq is not None]
+        return f"{command.name} completed", f"MODIFIED {format_set(numbers).decode()}"
     return f"{command.name} completed", None
 
 
@@ -760,23 +798,29 @@ async def _search(ctx: Context, command: Search) -> Done:
         raise BadCharset(f"Charset {command.charset} is not supported")
     session = ctx.session
     selected = session.require_selected()
-    found: list[int] = []
+    found: dict[int, int] = {}  # UID: mod-sequence
     if selected.uids:
         found = await _matching(session, selected, command)
     numbers = found if command.uid else [selected.seq_of(uid) or 0 for uid in found]
     words = b"".join(b" %d" % number for number in numbers)
+    if uses_modseq(command.key):
+        session.condstore = True
+        if found:  # RFC 7162, 3.1.5: the highest mod-sequence of those found
+            words += b" (MODSEQ %d)" % max(found.values())
     await ctx.channel.send(b"* SEARCH" + words + b"\r\n")
     return f"{command.name} completed", None
 
 
-async def _matching(session: Session, selected: Selected, command: Search) -> list[int]:
+async def _matching(session: Session, selected: Selected,
+                    command: Search) -> dict[int, int]:
+    """The messages found, in UID order, with their mod-sequences."""
     searcher = Searcher(command.key, len(selected.uids), selected.uids[-1])
     need = needs(command.key)
     brief = need is Need.SUMMARY
     metas = await session.db.run(mailstore.entries, session.user.user_id,
                                  selected.mailbox_id, selected.ranges(selected.uids), brief)
     content = need is not Need.NOTHING
-    found: list[int] = []
+    found: dict[int, int] = {}
     for batch in _batches(metas, by_size=not brief):
         messages: dict[int, fetching.Readable] = {}
         if brief:
@@ -785,16 +829,17 @@ async def _matching(session: Session, selected: Selected, command: Search) -> li
             messages.update(await session.messages(selected.mailbox_id,
                                                    [m.uid for m in batch]))
         facts = [Facts(selected.seq_of(m.uid) or 0, m.uid, flag_set(m.flags),
-                       m.internal_date, m.size, messages.get(m.uid))
+                       m.internal_date, m.size, messages.get(m.uid), m.modseq)
                  for m in batch if selected.seq_of(m.uid)]
 
-        def judge(facts: list[Facts] = facts) -> list[int]:
-            return [f.uid for f in facts if searcher.matches(f)]
+        def judge(facts: list[Facts] = facts) -> list[tuple[int, int]]:
+            return [(f.uid, f.modseq) for f in facts if searcher.matches(f)]
 
-        found.extend(await asyncio.to_thread(judge) if content else judge())
+        found.update(await asyncio.to_thread(judge) if content else judge())
     return found
 
 
+_MODSEQ = FetchAtt("MODSEQ")
 # What header SEARCH keys read of a summary: its header section.
 _HEADER_ITEMS = (FetchAtt("RFC822.HEADER"),)
 

@@ -56,8 +56,13 @@ def _section(message: Readable, spec: str) -> bytes | None:
 
 
 def response(seq: int, meta: EntryMeta, message: Readable | None,
-             items: tuple[FetchItem, ...], with_flags: bool = False) -> bytes:
-    """One `* n FETCH (...)` line, literals included."""
+             items: tuple[FetchItem, ...], with_flags: bool = False,
+             condstore: bool = False) -> bytes:
+    """One `* n FETCH (...)` line, literals included.
+
+    `with_flags`: the command set \\Seen, so FLAGS go along even if not asked
+    for, and with CONDSTORE on, the new MODSEQ too (RFC 7162, 3.1.4).
+    """
     parts: list[bytes] = []
     for item in items:
         if isinstance(item, BodySection):
@@ -68,9 +73,12 @@ def response(seq: int, meta: EntryMeta, message: Readable | None,
             parts.append(item.response_name() + b" " + _literal(data))
         else:
             parts.append(_attribute(item.name, meta, message))
-    if with_flags and not any(isinstance(i, FetchAtt) and i.name == "FLAGS"
-                              for i in items):
-        parts.append(b"FLAGS " + flag_list(meta.flags))
+    if with_flags:
+        names = {item.name for item in items if isinstance(item, FetchAtt)}
+        if "FLAGS" not in names:
+            parts.append(b"FLAGS " + flag_list(meta.flags))
+        if condstore and "MODSEQ" not in names:
+            parts.append(b"MODSEQ (%d)" % meta.modseq)
     return b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
 
 
@@ -84,6 +92,8 @@ def _attribute(name: str, meta: EntryMeta, message: Readable | None) -> bytes:
         return b"INTERNALDATE " + internal_date(meta.internal_date)
     if name == "RFC822.SIZE":
         return b"RFC822.SIZE %d" % meta.size
+    if name == "MODSEQ":
+        return b"MODSEQ (%d)" % meta.modseq
     assert message is not None
     if name == "ENVELOPE":
         return b"ENVELOPE " + message.envelope()

@@ -31,6 +31,7 @@ from beep_mail.imap.errors import ParseError
 
 MAX_DEPTH = 16
 MAX_NUMBER = 2**32 - 1
+MAX_MODSEQ = 2**63 - 1  # RFC 7162: mod-sequences are 63-bit
 
 # ATOM-CHAR: any CHAR except atom-specials: ( ) { SP CTL % * " \ ]
 _ATOM_SPECIALS = frozenset(b'(){ %*"\\]') | frozenset(range(0x20)) | {0x7F}
@@ -146,7 +147,8 @@ class BodySection:
 FetchItem = FetchAtt | BodySection
 
 _SIMPLE_ATTS = {"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE",
-                "BODYSTRUCTURE", "BODY", "RFC822", "RFC822.HEADER", "RFC822.TEXT"}
+                "BODYSTRUCTURE", "BODY", "RFC822", "RFC822.HEADER", "RFC822.TEXT",
+                "MODSEQ"}
 _MACROS = {
     "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
     "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
@@ -219,8 +221,20 @@ class SearchAnd:
     keys: tuple[SearchKey, ...]
 
 
+@dataclass(frozen=True)
+class SearchModseq:
+    """MODSEQ (RFC 7162, 3.1.5): changed at or after this mod-sequence.
+
+    The optional entry name and type are read and not used: this server
+    keeps one mod-sequence per message, not one per flag.
+    """
+
+    modseq: int
+
+
 SearchKey = (SearchAll | SearchNothing | SearchFlag | SearchDate | SearchSize
-             | SearchHeader | SearchText | SearchSet | SearchNot | SearchOr | SearchAnd)
+             | SearchHeader | SearchText | SearchSet | SearchNot | SearchOr | SearchAnd
+             | SearchModseq)
 
 _FLAG_KEYS = {
     "ANSWERED": ("\\Answered", True), "UNANSWERED": ("\\Answered", False),
@@ -262,6 +276,7 @@ class MailboxCommand(Command):
     """SELECT, EXAMINE, CREATE, DELETE, SUBSCRIBE, UNSUBSCRIBE."""
 
     mailbox: bytes
+    condstore: bool = False  # SELECT or EXAMINE with the CONDSTORE parameter
 
 
 @dataclass(frozen=True)
@@ -305,6 +320,7 @@ class Fetch(Command):
     uid: bool
     numbers: SequenceSet
     items: tuple[FetchItem, ...]
+    changed_since: int | None = None  # the CHANGEDSINCE modifier (CONDSTORE)
 
 
 @dataclass(frozen=True)
@@ -314,6 +330,7 @@ class Store(Command):
     mode: str  # "", "+" or "-"
     silent: bool
     flags: tuple[str, ...]
+    unchanged_since: int | None = None  # the UNCHANGEDSINCE modifier (CONDSTORE)
 
 
 @dataclass(frozen=True)
@@ -413,6 +430,25 @@ class _Reader:
         value = int(self._match(_NUMBER, "a number"))
         if value > MAX_NUMBER or (nonzero and value == 0):
             raise self.fail("Number out of range")
+        return value
+
+    def modseq(self) -> int:
+        """A mod-sequence value; 0 is allowed where RFC 7162 allows it too."""
+        value = int(self._match(_NUMBER, "a mod-sequence"))
+        if value > MAX_MODSEQ:
+            raise self.fail("Mod-sequence out of range")
+        return value
+
+    def modifier(self, name: str) -> int | None:
+        """` (NAME n)` after a sequence set or item list, if there is one."""
+        if self.data[self.pos : self.pos + 2] != b" (":
+            return None
+        self.pos += 2
+        if self.keyword() != name:
+            raise self.fail(f"The only modifier here is {name}")
+        self.space()
+        value = self.modseq()
+        self.char(b")")
         return value
 
     def quoted(self) -> bytes:
@@ -620,10 +656,13 @@ def _authenticate(reader: _Reader, tag: bytes, name: str) -> Command:
 def _mailbox(reader: _Reader, tag: bytes, name: str) -> Command:
     reader.space()
     mailbox = reader.astring()
+    condstore = False
     if name in ("SELECT", "EXAMINE") and reader.maybe_space():
-        # Select parameters (CONDSTORE, QRESYNC) belong to extensions not offered.
-        raise reader.fail(f"{name} takes no parameters here")
-    return MailboxCommand(tag, name, mailbox)
+        # RFC 4466 select parameters: CONDSTORE is the one this server knows.
+        if _options(reader) != {"CONDSTORE"}:
+            raise reader.fail(f"{name} takes no parameter but CONDSTORE here")
+        condstore = True
+    return MailboxCommand(tag, name, mailbox, condstore)
 
 
 def _rename(reader: _Reader, tag: bytes, name: str) -> Command:
@@ -677,7 +716,8 @@ def _list(reader: _Reader, tag: bytes, name: str) -> Command:
     return List(tag, name, reference, tuple(patterns), selection, returns, extended)
 
 
-_STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN"}
+_STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN",
+                 "HIGHESTMODSEQ")
 
 
 def _status(reader: _Reader, tag: bytes, name: str) -> Command:
@@ -685,10 +725,9 @@ def _status(reader: _Reader, tag: bytes, name: str) -> Command:
     mailbox = reader.astring()
     reader.space()
     items = _options(reader)
-    if not items or not items <= _STATUS_ITEMS:
-        raise reader.fail("STATUS items are MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN")
-    order = tuple(item for item in ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY",
-                                    "UNSEEN") if item in items)
+    if not items or not items <= set(_STATUS_ITEMS):
+        raise reader.fail("STATUS items are " + " ".join(_STATUS_ITEMS))
+    order = tuple(item for item in _STATUS_ITEMS if item in items)
     return Status(tag, name, mailbox, order)
 
 
@@ -732,7 +771,9 @@ def _fetch(reader: _Reader, tag: bytes, name: str, uid: bool = False) -> Command
             items = [FetchAtt(item) for item in macro]
         else:
             items.append(_fetch_att(reader))
-    return Fetch(tag, "UID FETCH" if uid else name, uid, numbers, tuple(items))
+    changed_since = reader.modifier("CHANGEDSINCE")
+    return Fetch(tag, "UID FETCH" if uid else name, uid, numbers, tuple(items),
+                 changed_since)
 
 
 _SECTION_WORD = re.compile(rb"[A-Za-z.]+")
@@ -806,6 +847,7 @@ def _section_atom(name: str) -> str:
 def _store(reader: _Reader, tag: bytes, name: str, uid: bool = False) -> Command:
     reader.space()
     numbers = reader.sequence_set()
+    unchanged_since = reader.modifier("UNCHANGEDSINCE")
     reader.space()
     found = re.compile(rb"([+-]?)FLAGS(\.SILENT)?", re.IGNORECASE).match(
         reader.data, reader.pos)
@@ -823,7 +865,8 @@ def _store(reader: _Reader, tag: bytes, name: str, uid: bool = False) -> Command
     if RECENT in flags:
         raise reader.fail("\\Recent cannot be stored")
     return Store(tag, "UID STORE" if uid else name, uid, numbers,
-                 found.group(1).decode("ascii"), bool(found.group(2)), flags)
+                 found.group(1).decode("ascii"), bool(found.group(2)), flags,
+                 unchanged_since)
 
 
 def _copy(reader: _Reader, tag: bytes, name: str, uid: bool = False) -> Command:
@@ -894,6 +937,14 @@ def _keyword_search(reader: _Reader, word: str, depth: int) -> SearchKey:
         return SearchSize(word == "LARGER", reader.number())
     if word == "UID":
         return SearchSet(reader.sequence_set(), uid=True)
+    if word == "MODSEQ":
+        if reader.peek() == 0x22:  # an entry name and its type: read, not used
+            reader.quoted()
+            reader.space()
+            if reader.keyword() not in ("PRIV", "SHARED", "ALL"):
+                raise reader.fail("The entry type is priv, shared or all")
+            reader.space()
+        return SearchModseq(reader.modseq())
     if word == "NOT":
         return SearchNot(_search_key(reader, depth + 1))
     if word == "OR":

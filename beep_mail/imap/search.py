@@ -23,6 +23,7 @@ from beep_mail.imap.parser import (
     SearchFlag,
     SearchHeader,
     SearchKey,
+    SearchModseq,
     SearchNot,
     SearchNothing,
     SearchOr,
@@ -45,6 +46,7 @@ class Facts:
     internal_date: float
     size: int
     message: render.Message | Summary | None = None
+    modseq: int = 1
 
 
 class Need(Enum):
@@ -70,6 +72,19 @@ def needs(key: SearchKey) -> Need:
         return max((needs(item) for item in key.keys), key=lambda need: need.value,
                    default=Need.NOTHING)
     return Need.NOTHING
+
+
+def uses_modseq(key: SearchKey) -> bool:
+    """Whether the search has a MODSEQ key, so its answer tells the highest one."""
+    if isinstance(key, SearchModseq):
+        return True
+    if isinstance(key, SearchNot):
+        return uses_modseq(key.key)
+    if isinstance(key, SearchOr):
+        return uses_modseq(key.left) or uses_modseq(key.right)
+    if isinstance(key, SearchAnd):
+        return any(uses_modseq(item) for item in key.keys)
+    return False
 
 
 def _fold(text: str) -> str:
@@ -117,6 +132,8 @@ class Searcher:
             return self._in_set(key, facts)
         if isinstance(key, SearchDate):
             return self._date(key, facts)
+        if isinstance(key, SearchModseq):
+            return facts.modseq >= key.modseq
         return self._text(key, facts)
 
     def _in_set(self, key: SearchSet, facts: Facts) -> bool:

@@ -28,7 +28,7 @@ import asyncio
 import logging
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -77,8 +77,10 @@ class Selected:
     uidnext: int
     uids: list[int] = field(default_factory=list)
     flags: dict[int, str] = field(default_factory=dict)
+    modseqs: dict[int, int] = field(default_factory=dict)  # as last told or read
     high: int = 0  # the highest UID ever announced
     stale: bool = False  # removed messages not yet reported
+    highestmodseq: int = 1
 
     def seq_of(self, uid: int) -> int | None:
         index = bisect_left(self.uids, uid)
@@ -165,6 +167,9 @@ class Session:
         self.selected: Selected | None = None
         self.cache = MessageCache()
         self.version = 0
+        # CONDSTORE (RFC 7162, 3.1): once a command enabled it, every FETCH
+        # response that tells flags tells the mod-sequence too.
+        self.condstore = False
 
     # -- who ------------------------------------------------------------------------
 
@@ -204,9 +209,11 @@ class Session:
         if current.mailbox is None:
             raise Bad("The mailbox was deleted meanwhile")
         box = current.mailbox
-        selected = Selected(box.id, box.name, readonly, box.uidvalidity, box.uidnext)
-        selected.uids = [uid for uid, _ in current.entries]
-        selected.flags = dict(current.entries)
+        selected = Selected(box.id, box.name, readonly, box.uidvalidity, box.uidnext,
+                            highestmodseq=box.highestmodseq)
+        selected.uids = [uid for uid, _, _ in current.entries]
+        selected.flags = {uid: flags for uid, flags, _ in current.entries}
+        selected.modseqs = {uid: modseq for uid, _, modseq in current.entries}
         selected.high = max(selected.uids[-1] if selected.uids else 0, box.uidnext - 1)
         self.selected = selected
         self.state = State.SELECTED
@@ -241,24 +248,26 @@ class Session:
                                     selected.mailbox_id)
         if current.mailbox is None:
             raise Bye("The selected mailbox was deleted by another session")
-        now = dict(current.entries)
+        now = {uid: (flags, modseq) for uid, flags, modseq in current.entries}
         lines: list[bytes] = []
         if expunge:
             lines.extend(self._report_removed(selected, now))
         else:
             selected.stale = selected.stale or any(u not in now for u in selected.uids)
         lines.extend(self._report_flags(selected, now))
-        new = [(uid, flags) for uid, flags in current.entries if uid > selected.high]
+        new = [entry for entry in current.entries if entry[0] > selected.high]
         if new:
-            selected.uids.extend(uid for uid, _ in new)
-            selected.flags.update(new)
+            selected.uids.extend(uid for uid, _, _ in new)
+            selected.flags.update((uid, flags) for uid, flags, _ in new)
+            selected.modseqs.update((uid, modseq) for uid, _, modseq in new)
             selected.high = new[-1][0]
             lines.append(b"* %d EXISTS\r\n" % len(selected.uids))
         selected.uidnext = current.mailbox.uidnext
+        selected.highestmodseq = current.mailbox.highestmodseq
         for line in lines:
             await send(line)
 
-    def _report_removed(self, selected: Selected, now: dict[int, str]) -> list[bytes]:
+    def _report_removed(self, selected: Selected, now: Container[int]) -> list[bytes]:
         lines: list[bytes] = []
         kept: list[int] = []
         for index, uid in enumerate(selected.uids):
@@ -267,26 +276,37 @@ class Session:
             else:
                 lines.append(b"* %d EXPUNGE\r\n" % (index + 1 - len(lines)))
                 selected.flags.pop(uid, None)
+                selected.modseqs.pop(uid, None)
         selected.uids = kept
         selected.stale = False
         return lines
 
-    def _report_flags(self, selected: Selected, now: dict[int, str]) -> list[bytes]:
+    def _report_flags(self, selected: Selected,
+                      now: dict[int, tuple[str, int]]) -> list[bytes]:
         lines: list[bytes] = []
         for index, uid in enumerate(selected.uids):
-            flags = now.get(uid)
-            if flags is not None and flags != selected.flags.get(uid):
-                selected.flags[uid] = flags
-                lines.append(b"* %d FETCH (UID %d FLAGS %s)\r\n"
-                             % (index + 1, uid, flag_list(flags)))
+            found = now.get(uid)
+            if found is None:
+                continue
+            flags, modseq = found
+            told = selected.flags.get(uid)
+            if flags == told and (modseq == selected.modseqs.get(uid) or not self.condstore):
+                continue
+            selected.flags[uid] = flags
+            selected.modseqs[uid] = modseq
+            lines.append(b"* %d FETCH (UID %d FLAGS %s%s)\r\n"
+                         % (index + 1, uid, flag_list(flags), self.modseq_item(modseq)))
         return lines
+
+    def modseq_item(self, modseq: int) -> bytes:
+        """" MODSEQ (n)" for a FETCH response once CONDSTORE is on, else nothing."""
+        return b" MODSEQ (%d)" % modseq if self.condstore else b""
 
     def expunged(self, uids: Iterable[int]) -> list[bytes]:
         """Drop messages this session removed; the EXPUNGE responses to send."""
         selected = self.require_selected()
         gone = set(uids)
-        now = {uid: flags for uid, flags in selected.flags.items() if uid not in gone}
-        return self._report_removed(selected, now)
+        return self._report_removed(selected, {u for u in selected.uids if u not in gone})
 
     # -- reading and settling ----------------------------------------------------------
 

@@ -39,7 +39,7 @@ _LENGTH = struct.Struct(">I")
 
 # FETCH attributes a summary answers; body sections are judged by `covers`.
 _ITEMS = {"ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822.HEADER",
-          "UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"}
+          "UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "MODSEQ"}
 
 
 class SummaryError(Exception):

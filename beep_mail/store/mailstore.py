@@ -12,6 +12,13 @@ out one UID twice. A new mailbox's UIDVALIDITY is above every UIDVALIDITY the
 user's mailboxes have and above any given before in this process, so a name
 that is deleted and created again gets a new one even within one second.
 
+Mod-sequences (RFC 7162, CONDSTORE): a mailbox's `highestmodseq` only grows.
+Every command that changes its messages takes the next value under the same
+lock as UIDs and gives it to every message it changed (new, flags changed);
+an expunge takes one too, so that HIGHESTMODSEQ tells a client something
+changed. A STORE that leaves a message's flags as they were does not count
+as a change.
+
 Flags are kept as one space-separated string per message. A STORE changes a
 whole message set with one UPDATE per flag (per chunk of ranges, so that no
 statement outgrows what SQLite parses), never one per message. Content is
@@ -81,6 +88,7 @@ class MailboxRow:
     uidvalidity: int
     uidnext: int
     subscribed: bool
+    highestmodseq: int = 1
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,7 @@ class EntryMeta:
     flags: str
     internal_date: float
     size: int
+    modseq: int = 1
     summary: bytes | None = None  # sealed; read only when asked for
 
 
@@ -98,6 +107,7 @@ class Counts:
     unseen: int
     uidnext: int
     uidvalidity: int
+    highestmodseq: int
 
 
 @dataclass(frozen=True)
@@ -105,7 +115,21 @@ class View:
     """A selected mailbox as it is now: None when it no longer exists."""
 
     mailbox: MailboxRow | None
-    entries: list[tuple[int, str]]
+    entries: list[tuple[int, str, int]]  # (UID, flags, mod-sequence)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a STORE did: the flags and mod-sequences of the messages it looked at.
+
+    `flags` holds every message of the set that exists, changed or not;
+    `modseqs` only those it changed; `modified` the UIDs it left alone
+    because they changed after the client's UNCHANGEDSINCE.
+    """
+
+    flags: dict[int, str]
+    modseqs: dict[int, int]
+    modified: list[int]
 
 
 @dataclass(frozen=True)
@@ -128,11 +152,21 @@ class Copied:
 def _row(row: object) -> MailboxRow:
     r = row
     return MailboxRow(r.id, r.name, r.special_use, int(r.uidvalidity),  # type: ignore[attr-defined]
-                      int(r.uidnext), bool(r.subscribed))  # type: ignore[attr-defined]
+                      int(r.uidnext), bool(r.subscribed),  # type: ignore[attr-defined]
+                      int(r.highestmodseq))  # type: ignore[attr-defined]
 
 
 _COLUMNS = (mailboxes.c.id, mailboxes.c.name, mailboxes.c.special_use,
-            mailboxes.c.uidvalidity, mailboxes.c.uidnext, mailboxes.c.subscribed)
+            mailboxes.c.uidvalidity, mailboxes.c.uidnext, mailboxes.c.subscribed,
+            mailboxes.c.highestmodseq)
+
+
+def next_modseq(connection: Connection, mailbox_id: int) -> int:
+    """Take the mailbox's next mod-sequence; the row stays locked to the commit."""
+    return int(connection.execute(
+        update(mailboxes).where(mailboxes.c.id == mailbox_id)
+        .values(highestmodseq=mailboxes.c.highestmodseq + 1)
+        .returning(mailboxes.c.highestmodseq)).scalar_one())
 
 
 # -- pieces of queries ------------------------------------------------------------
@@ -304,6 +338,10 @@ def _rename_inbox(connection: Connection, user_id: int, inbox: MailboxRow,
     _create_superiors(connection, user_id, new)
     _insert_mailbox(connection, user_id, new, uidnext=inbox.uidnext)
     target = _require(connection, user_id, new)
+    # The messages keep their mod-sequences too; INBOX lost them all.
+    connection.execute(update(mailboxes).where(mailboxes.c.id == target.id)
+                       .values(highestmodseq=inbox.highestmodseq))
+    next_modseq(connection, inbox.id)
     connection.execute(update(mailbox_entries)
                        .where(_entries_of(user_id, inbox.id))
                        .values(mailbox_id=target.id))
@@ -323,13 +361,15 @@ def counts(engine: Engine, user_id: int, name: str) -> Counts:
             select(func.count(), func.sum(case((_has_flag(connection, SEEN), 1),
                                                else_=0)))
             .where(_entries_of(user_id, box.id))).one()
-    return Counts(int(total), int(total) - int(seen or 0), box.uidnext, box.uidvalidity)
+    return Counts(int(total), int(total) - int(seen or 0), box.uidnext, box.uidvalidity,
+                  box.highestmodseq)
 
 
 # -- a selected mailbox -----------------------------------------------------------
 
 def view(engine: Engine, user_id: int, mailbox_id: int) -> View:
-    """The mailbox row and its (uid, flags), in UID order, read together."""
+    """The mailbox row and its (uid, flags, modseq), in UID order, read together."""
+    e = mailbox_entries.c
     with engine.connect() as connection:
         row = connection.execute(
             select(*_COLUMNS).where(mailboxes.c.user_id == user_id,
@@ -337,17 +377,17 @@ def view(engine: Engine, user_id: int, mailbox_id: int) -> View:
         if row is None:
             return View(None, [])
         entries = connection.execute(
-            select(mailbox_entries.c.uid, mailbox_entries.c.flags)
-            .where(_entries_of(user_id, mailbox_id))
-            .order_by(mailbox_entries.c.uid)).all()
-    return View(_row(row), [(int(uid), flags) for uid, flags in entries])
+            select(e.uid, e.flags, e.modseq).where(_entries_of(user_id, mailbox_id))
+            .order_by(e.uid)).all()
+    return View(_row(row), [(int(uid), flags, int(modseq))
+                            for uid, flags, modseq in entries])
 
 
 def entries(engine: Engine, user_id: int, mailbox_id: int,
             ranges: Ranges, summaries: bool = False) -> list[EntryMeta]:
     """The entries in `ranges` of UIDs, in UID order; their summaries if asked."""
     e = mailbox_entries.c
-    columns = [e.uid, e.flags, e.internal_date, e.size]
+    columns = [e.uid, e.flags, e.internal_date, e.size, e.modseq]
     if summaries:
         columns.append(e.summary)
     found: list[EntryMeta] = []
@@ -356,8 +396,8 @@ def entries(engine: Engine, user_id: int, mailbox_id: int,
             rows = connection.execute(
                 select(*columns).where(_entries_of(user_id, mailbox_id), _uid_in(chunk))
                 .order_by(e.uid)).all()
-            found.extend(EntryMeta(int(r[0]), r[1], float(r[2]), int(r[3]),
-                                   bytes(r[4]) if summaries and r[4] is not None else None)
+            found.extend(EntryMeta(int(r[0]), r[1], float(r[2]), int(r[3]), int(r[4]),
+                                   bytes(r[5]) if summaries and r[5] is not None else None)
                          for r in rows)
     return found
 
@@ -374,32 +414,73 @@ def contents(engine: Engine, user_id: int, mailbox_id: int,
 
 
 def store_flags(engine: Engine, user_id: int, mailbox_id: int, ranges: Ranges,
-                mode: str, flags: Sequence[str]) -> dict[int, str]:
-    """Set ("" mode), add ("+") or remove ("-") flags; the new flags by UID."""
+                mode: str, flags: Sequence[str],
+                unchanged_since: int | None = None) -> Stored:
+    """Set ("" mode), add ("+") or remove ("-") flags.
+
+    With `unchanged_since` (CONDSTORE), messages whose mod-sequence is above
+    it are left alone and reported as modified (RFC 7162, 3.1.3).
+    """
     wanted = list(dict.fromkeys(flags))
-    changed: dict[int, str] = {}
+    e = mailbox_entries.c
+    before: dict[int, tuple[str, int]] = {}
+    modified: list[int] = []
     with engine.begin() as connection:
         for chunk in _chunks(ranges):
             where = and_(_entries_of(user_id, mailbox_id), _uid_in(chunk))
-            if mode == "":
-                value = " ".join(wanted)
-                if len(value) > MAX_FLAGS_LENGTH:
-                    raise FlagsTooLong(value[:40])
-                connection.execute(update(mailbox_entries).where(where)
-                                   .values(flags=value))
-            elif mode == "+":
-                _add_flags(connection, where, wanted)
-            else:
-                for flag in wanted:
-                    connection.execute(
-                        update(mailbox_entries)
-                        .where(where, _has_flag(connection, flag))
-                        .values(flags=func.trim(func.replace(
-                            _padded(), f" {flag} ", " "))))
-            rows = connection.execute(
-                select(mailbox_entries.c.uid, mailbox_entries.c.flags).where(where))
-            changed.update((int(uid), value) for uid, value in rows)
-    return changed
+            for uid, value, modseq in connection.execute(
+                    select(e.uid, e.flags, e.modseq).where(where)):
+                if unchanged_since is not None and modseq > unchanged_since:
+                    modified.append(int(uid))
+                else:
+                    before[int(uid)] = (value, int(modseq))
+        if modified:
+            # Those are left out of every statement below.
+            ranges = _ranges_of(sorted(before))
+        after: dict[int, str] = {}
+        for chunk in _chunks(ranges):
+            where = and_(_entries_of(user_id, mailbox_id), _uid_in(chunk))
+            _change_flags(connection, where, mode, wanted)
+            after.update((int(uid), value) for uid, value in
+                         connection.execute(select(e.uid, e.flags).where(where)))
+        changed = sorted(uid for uid, value in after.items() if value != before[uid][0])
+        modseqs: dict[int, int] = {}
+        if changed:
+            modseq = next_modseq(connection, mailbox_id)
+            for chunk in _chunks(_ranges_of(changed)):
+                connection.execute(update(mailbox_entries)
+                                   .where(_entries_of(user_id, mailbox_id), _uid_in(chunk))
+                                   .values(modseq=modseq))
+            modseqs = dict.fromkeys(changed, modseq)
+    return Stored(after, modseqs, sorted(modified))
+
+
+def _ranges_of(uids: Sequence[int]) -> list[tuple[int, int]]:
+    """Sorted UIDs as ranges of consecutive numbers."""
+    found: list[tuple[int, int]] = []
+    for uid in uids:
+        if found and uid == found[-1][1] + 1:
+            found[-1] = (found[-1][0], uid)
+        else:
+            found.append((uid, uid))
+    return found
+
+
+def _change_flags(connection: Connection, where: ColumnElement[bool], mode: str,
+                  wanted: list[str]) -> None:
+    if mode == "":
+        value = " ".join(wanted)
+        if len(value) > MAX_FLAGS_LENGTH:
+            raise FlagsTooLong(value[:40])
+        connection.execute(update(mailbox_entries).where(where).values(flags=value))
+    elif mode == "+":
+        _add_flags(connection, where, wanted)
+    else:
+        for flag in wanted:
+            connection.execute(
+                update(mailbox_entries)
+                .where(where, _has_flag(connection, flag))
+                .values(flags=func.trim(func.replace(_padded(), f" {flag} ", " "))))
 
 
 def _add_flags(connection: Connection, where: ColumnElement[bool],
@@ -435,16 +516,22 @@ def expunge(engine: Engine, user_id: int, mailbox_id: int,
                     _entries_of(user_id, mailbox_id),
                     mailbox_entries.c.uid.in_(uids)))
             removed.extend(uids)
+        if removed:
+            next_modseq(connection, mailbox_id)
     return sorted(removed)
 
 
 def _take_uids(connection: Connection, user_id: int, name: str,
-               count: int) -> tuple[MailboxRow, int]:
-    """Reserve `count` UIDs in a mailbox, under a lock on its row."""
+               count: int) -> tuple[MailboxRow, int, int]:
+    """Reserve `count` UIDs in a mailbox, under a lock on its row.
+
+    Returns the mailbox, the first UID and the mod-sequence of the new messages.
+    """
     target = _require(connection, user_id, name, lock=True)
     connection.execute(update(mailboxes).where(mailboxes.c.id == target.id)
                        .values(uidnext=mailboxes.c.uidnext + count))
-    return target, target.uidnext
+    modseq = next_modseq(connection, target.id) if count else target.highestmodseq
+    return target, target.uidnext, modseq
 
 
 def copy(engine: Engine, user_id: int, mailbox_id: int, uids: Sequence[int],
@@ -455,7 +542,9 @@ def copy(engine: Engine, user_id: int, mailbox_id: int, uids: Sequence[int],
             select(mailbox_entries.c.uid).where(_entries_of(user_id, mailbox_id),
                                                 mailbox_entries.c.uid.in_(list(uids))))
             .scalars())
-        target, first = _take_uids(connection, user_id, target_name, len(present))
+        if move and present:
+            next_modseq(connection, mailbox_id)  # an expunge, for the source
+        target, first, modseq = _take_uids(connection, user_id, target_name, len(present))
         if target.id == mailbox_id and move:
             raise MailboxRefused("A message cannot be moved to the mailbox it is in")
         new = list(range(first, first + len(present)))
@@ -464,20 +553,21 @@ def copy(engine: Engine, user_id: int, mailbox_id: int, uids: Sequence[int],
                           mailbox_entries.c.uid == old_uid)
             if move:
                 connection.execute(update(mailbox_entries).where(source)
-                                   .values(mailbox_id=target.id, uid=new_uid))
+                                   .values(mailbox_id=target.id, uid=new_uid,
+                                           modseq=modseq))
             else:
-                _copy_row(connection, source, target.id, new_uid)
+                _copy_row(connection, source, target.id, new_uid, modseq)
     return Copied(target.uidvalidity, present, new)
 
 
 def _copy_row(connection: Connection, source: ColumnElement[bool], target_id: int,
-              uid: int) -> None:
+              uid: int, modseq: int) -> None:
     e = mailbox_entries.c
     connection.execute(mailbox_entries.insert().from_select(
         ["mailbox_id", "user_id", "uid", "internal_date", "size", "flags", "content",
-         "summary"],
+         "summary", "modseq"],
         select(literal(target_id), e.user_id, literal(uid), e.internal_date, e.size,
-               e.flags, e.content, e.summary).where(source)))
+               e.flags, e.content, e.summary, literal(modseq)).where(source)))
 
 
 def append(engine: Engine, user_id: int, name: str, content: bytes, size: int,
@@ -488,11 +578,11 @@ def append(engine: Engine, user_id: int, name: str, content: bytes, size: int,
     if len(value) > MAX_FLAGS_LENGTH:
         raise FlagsTooLong(value[:40])
     with engine.begin() as connection:
-        target, uid = _take_uids(connection, user_id, name, 1)
+        target, uid, modseq = _take_uids(connection, user_id, name, 1)
         connection.execute(mailbox_entries.insert().values(
             mailbox_id=target.id, user_id=user_id, uid=uid,
             internal_date=internal_date, size=size, flags=value, content=content,
-            summary=summary))
+            summary=summary, modseq=modseq))
     return target.uidvalidity, uid
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Select, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from beep_mail.store.mailstore import next_modseq
 from beep_mail.store.tables import mailbox_entries, mailboxes, messages, queue, users
 
 ACTIVE = ("queued", "deferred")
@@ -288,13 +289,14 @@ def store_in_inbox(connection: Connection, address: str, content: bytes,
     ).one()
     connection.execute(update(mailboxes).where(mailboxes.c.id == box.id)
                        .values(uidnext=box.uidnext + 1))
+    modseq = next_modseq(connection, box.id)
     try:
         with connection.begin_nested():
             connection.execute(mailbox_entries.insert().values(
                 mailbox_id=box.id, user_id=user, uid=box.uidnext,
                 internal_date=time.time(),
                 size=len(content) if size is None else size, flags="",
-                delivery_key=delivery_key, content=content,
+                delivery_key=delivery_key, content=content, modseq=modseq,
             ))
     except IntegrityError:
         return False

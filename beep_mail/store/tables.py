@@ -106,6 +106,10 @@ class Mailbox(SQLModel, table=True):
     uidnext: int = Field(default=1)
     subscribed: bool = Field(default=True)
     created_at: float
+    # CONDSTORE (RFC 7162): the highest mod-sequence given in this mailbox.
+    # Every change to its messages (new, flags, expunged) takes the next one.
+    highestmodseq: int = Field(default=1, sa_column=Column(
+        BigInteger, nullable=False, server_default="1"))
 
 
 class MailboxEntry(SQLModel, table=True):
@@ -130,6 +134,9 @@ class MailboxEntry(SQLModel, table=True):
     size: int
     flags: str = Field(default="", max_length=1000)
     delivery_key: str | None = Field(default=None, max_length=400)
+    # The mod-sequence of the entry's last change (see Mailbox.highestmodseq).
+    modseq: int = Field(default=1, sa_column=Column(
+        BigInteger, nullable=False, server_default="1"))
     content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     # What FETCH and SEARCH read most (beep_mail.imap.summary), sealed like
     # content; NULL until a session of the owner settles the entry.
