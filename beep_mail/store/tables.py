@@ -137,11 +137,12 @@ class MailboxEntry(SQLModel, table=True):
     # The mod-sequence of the entry's last change (see Mailbox.highestmodseq).
     modseq: int = Field(default=1, sa_column=Column(
         BigInteger, nullable=False, server_default="1"))
-    content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     # What FETCH and SEARCH read most (beep_mail.imap.summary), sealed like
-    # content; NULL until a session of the owner settles the entry.
+    # content; NULL until a session of the owner settles the entry. Before
+    # content, as migration 0005 places it on SQLite.
     summary: bytes | None = Field(default=None,
                                   sa_column=Column(LargeBinary, nullable=True))
+    content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class Key(SQLModel, table=True):
