@@ -22,25 +22,27 @@ from beep_mail import keyring, logs
 from beep_mail.archive import checkpoint, journal
 from beep_mail.archive.journal import ArchiveError
 from beep_mail.config import Settings, parse_listen
+from beep_mail.crypto.openpgp import UnlockedKey
 from beep_mail.crypto.passwords import Passwords
 from beep_mail.crypto.tls import server_context
-from beep_mail.crypto.openpgp import UnlockedKey
 from beep_mail.imap.commands import Services as IMAPServices
 from beep_mail.imap.hub import Hub
 from beep_mail.imap.server import Limits as IMAPLimits
 from beep_mail.imap.server import Listener as IMAPListener
 from beep_mail.pipeline import Pipeline
 from beep_mail.protection import Stage
-from beep_mail.store import accounts, audit
 from beep_mail.smtp.delivery import DeliveryAgent
 from beep_mail.smtp.handlers import InboundHandler, SubmissionHandler
 from beep_mail.smtp.server import Listener, SessionLimits
 from beep_mail.smtp.throttle import Throttle
+from beep_mail.store import accounts, audit
 from beep_mail.store.engine import Database, StoreError
+from beep_mail.store.notify import ChangeChannel, notice_key
 
 log = logging.getLogger("beepmail.service")
 
 STOP_GRACE = 30.0
+NOTICES_READY = 5.0  # seconds start waits for the change notices to be heard
 
 
 @dataclass
@@ -53,12 +55,15 @@ class Service:
     _delivery_task: asyncio.Task[None] | None = None
     _crypto: ThreadPoolExecutor | None = None
     _checkpoint_task: asyncio.Task[None] | None = None
+    _notices: ChangeChannel | None = None
 
     async def start(self) -> None:
         settings = self.settings
         self.db = Database(settings.database_url, settings.database.max_size_mb)
         await asyncio.to_thread(self.db.migrate)
         signers, retired = await asyncio.to_thread(self._domain_keys, self.db)
+        if not self.db.sqlite:
+            await self._join_peers(self.db)
 
         # OpenPGP work gets threads of its own, so that a large message being
         # encrypted never waits behind database calls, nor they behind it.
@@ -120,6 +125,21 @@ class Service:
             await listener.start()
             self.listeners[role] = listener
 
+    async def _join_peers(self, db: Database) -> None:
+        """On PostgreSQL, the hub hears other gateway processes on the same
+        database through LISTEN/NOTIFY, and they hear it (beep_mail.store.notify)."""
+        secret = await asyncio.to_thread(keyring.site_secret, self.settings, create=True)
+        notices = ChangeChannel(db.engine, notice_key(secret), on_change=self.hub.heard,
+                                on_gap=self.hub.heard_all)
+        self.hub.join(notices)
+        notices.start()
+        self._notices = notices
+        # Listening before the listeners open, so that no change of another
+        # process goes unheard by a session; if the database says nothing,
+        # start anyway: the channel keeps trying, and logs it.
+        if not await notices.ready(NOTICES_READY):
+            logs.event(log, "notices-late", logging.WARNING)
+
     def _domain_keys(
         self, db: Database
     ) -> tuple[dict[str, UnlockedKey], list[UnlockedKey]]:
@@ -171,6 +191,8 @@ class Service:
                 await self._delivery_task
             except asyncio.CancelledError:
                 pass
+        if self._notices is not None:
+            await self._notices.stop()
         if self._crypto is not None:
             self._crypto.shutdown(wait=True)
         if self.db is not None:
