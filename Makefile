@@ -41,8 +41,9 @@ clean:
 
 # Benchmarks, each figure beside its baseline (docs/performance.md): writes
 # bench/results/latest.json and latest.png. As root, bench-deps.sh installs
-# Postfix (not configured for the system: the bench runs its own instance)
-# and the Python packages of the `bench` group.
+# Postfix and Dovecot (neither configured nor started for the system: the
+# bench runs private instances of its own) and the Python packages of the
+# `bench` group. One phase alone: $(BIN)/python -m bench.run --only imap
 .PHONY: bench bench-quick
 
 bench: install

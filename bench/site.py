@@ -139,6 +139,11 @@ class Site:
         return keyring.public(record)
 
 
+def password_hash() -> str:
+    """A hash of PASSWORD at the cost the bench's users have (Argon2id, PHC form)."""
+    return _CHEAP_HASH.hash(PASSWORD)
+
+
 def make_site(root: Path, domain: str) -> Site:
     (root / "conf").mkdir(parents=True)
     (root / "var" / "tls").mkdir(parents=True)
@@ -204,7 +209,10 @@ class Gateway:
 
     def _read_ports(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        while not {"submission", "inbound"} <= self.ports.keys():
+        wanted = {"submission", "inbound"}
+        if "imap" in config.Settings.model_fields:
+            wanted |= {"imap", "imaps"}
+        while not wanted <= self.ports.keys():
             line = self.proc.stdout.readline()
             if not line:
                 tail = (self.site.root / "serve.log").read_text()[-2000:]

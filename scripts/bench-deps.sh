@@ -9,6 +9,13 @@
 # Postfix is left out when another mail server (an MTA package) is installed,
 # since Debian would remove that one to make room.
 #
+# Dovecot (dovecot-imapd), for the IMAP baseline, the same way: the bench runs
+# a private instance with its own dovecot.conf from a temporary folder. Debian
+# would start the system's Dovecot right after installing it: a policy-rc.d
+# that says no is put in place for the install when the machine has none, and
+# on a machine run by systemd the units the package enabled are disabled again,
+# so that no system IMAP server starts at boot either.
+#
 # PyPI, into the project's virtual environment: the `bench` group of
 # pyproject.toml, then pysequoia, which is allowed to fail: without it the
 # bench reports its baseline as null.
@@ -35,6 +42,11 @@ dpkg-query -W -f '${Status}' libsasl2-modules-db 2>/dev/null | grep -q " install
     || missing="$missing libsasl2-modules-db"
 dpkg-query -W -f '${Status}' libsasl2-modules 2>/dev/null | grep -q " installed" \
     || missing="$missing libsasl2-modules"
+# A Dovecot already there is left as it is, whatever its units say.
+new_dovecot=""
+command -v dovecot >/dev/null 2>&1 || new_dovecot=yes
+dpkg-query -W -f '${Status}' dovecot-imapd 2>/dev/null | grep -q " installed" \
+    || missing="$missing dovecot-imapd"
 
 if [ -n "$missing" ]; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
@@ -43,8 +55,24 @@ if [ -n "$missing" ]; then
         echo "postfix postfix/main_mailer_type select No configuration" \
             | debconf-set-selections
         apt-get update -qq
+        # No service of these packages is started by the install.
+        policy=""
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            policy=/usr/sbin/policy-rc.d
+            printf '#!/bin/sh\nexit 101\n' >"$policy"
+            chmod 755 "$policy"
+            trap 'rm -f "$policy"' EXIT
+        fi
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
             --no-install-recommends $missing >/dev/null
+        if [ -n "$policy" ]; then
+            rm -f "$policy"
+            trap - EXIT
+        fi
+        if [ -n "$new_dovecot" ] && [ -d /run/systemd/system ]; then
+            systemctl disable --now dovecot.service dovecot.socket >/dev/null 2>&1 \
+                || true
+        fi
     else
         echo "Note: missing Debian packages:$missing (run as root to install" \
              "them); the bench reports what could not run as null." >&2
