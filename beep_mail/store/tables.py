@@ -6,7 +6,7 @@ SQLite and PostgreSQL and need no time-zone handling in queries.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -124,6 +124,14 @@ class MailboxEntry(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("mailbox_id", "uid"),
         UniqueConstraint("user_id", "delivery_key"),
+        # What SELECT and every refresh read of a whole mailbox, from the
+        # index alone: rows themselves are large (content).
+        Index("ix_mailbox_entries_listing", "mailbox_id", "uid", "user_id", "flags",
+              "modseq"),
+        # The entries a session must settle, found at SELECT without a scan.
+        Index("ix_mailbox_entries_unsettled", "mailbox_id",
+              sqlite_where=text("summary IS NULL"),
+              postgresql_where=text("summary IS NULL")),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -34,16 +34,25 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("highestmodseq", sa.BigInteger(), nullable=False,
                                       server_default="1"))
     # PostgreSQL keeps large values apart from the row (TOAST): order is no matter.
-    place = {"insert_before": "content"} if sqlite else {}
+    before = "content" if sqlite else None
     with op.batch_alter_table("mailbox_entries", schema=None,
                               recreate="always" if sqlite else "auto") as batch_op:
         batch_op.add_column(sa.Column("modseq", sa.BigInteger(), nullable=False,
-                                      server_default="1"), **place)
+                                      server_default="1"), insert_before=before)
         batch_op.add_column(sa.Column("summary", sa.LargeBinary(), nullable=True),
-                            **place)
+                            insert_before=before)
+    # What SELECT and every refresh read of a whole mailbox, from the index
+    # alone; and the entries a session must settle, without a scan.
+    op.create_index("ix_mailbox_entries_listing", "mailbox_entries",
+                    ["mailbox_id", "uid", "user_id", "flags", "modseq"])
+    op.create_index("ix_mailbox_entries_unsettled", "mailbox_entries", ["mailbox_id"],
+                    sqlite_where=sa.text("summary IS NULL"),
+                    postgresql_where=sa.text("summary IS NULL"))
 
 
 def downgrade() -> None:
+    op.drop_index("ix_mailbox_entries_unsettled", table_name="mailbox_entries")
+    op.drop_index("ix_mailbox_entries_listing", table_name="mailbox_entries")
     with op.batch_alter_table("mailbox_entries", schema=None) as batch_op:
         batch_op.drop_column("summary")
         batch_op.drop_column("modseq")
