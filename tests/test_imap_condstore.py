@@ -71,7 +71,7 @@ def test_unchangedsince_refuses_what_changed_meanwhile(site: Site) -> None:
         lines = mine.command(b"STORE 1:3 (UNCHANGEDSINCE %d) +FLAGS.SILENT ($Done)" % seen)
         assert lines[-1].split(b" ", 1)[1].startswith(b"OK [MODIFIED 2]")
         # Silent, but CONDSTORE is on: the new mod-sequences are told (3.1.3).
-        told = [line for line in lines if line.startswith(b"* 1 ") or line.startswith(b"* 3 ")]
+        told = [line for line in lines if line.startswith((b"* 1 ", b"* 3 "))]
         assert told == [b"* 1 FETCH (MODSEQ (%d))" % (seen + 2),
                         b"* 3 FETCH (MODSEQ (%d))" % (seen + 2)]
         flags = mine.command(b"FETCH 1:3 (FLAGS)")

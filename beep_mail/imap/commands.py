@@ -463,10 +463,23 @@ def _list_lines(command: List, patterns: list[names.Pattern],
     subscribed_only = lsub or "SUBSCRIBED" in command.selection
     show_subscribed = not lsub and ("SUBSCRIBED" in command.selection
                                     or "SUBSCRIBED" in command.returns)
+    subscribed = [row.name for row in rows if row.subscribed]
     for name in every:
         if not any(pattern.matches(name) for pattern in patterns):
             continue
         row = existing.get(name)
+        if lsub and (row is None or not row.subscribed):
+            # RFC 3501, 6.3.9: a name that is not subscribed, above subscribed
+            # mailboxes that the pattern ("%") does not reach, is listed
+            # \Noselect, so that a client walking the tree level by level
+            # finds them.
+            below = [child for child in subscribed
+                     if child.startswith(name + names.DELIMITER)]
+            if below and not any(pattern.matches(child) for pattern in patterns
+                                 for child in below):
+                yield (b"* LSUB " + flag_list(["\\Noselect"]) + b' "/" '
+                       + render.quote(names.encode(name)) + b"\r\n")
+            continue
         if row is None:
             if subscribed_only or "SPECIAL-USE" in command.selection:
                 continue

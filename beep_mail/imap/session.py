@@ -95,9 +95,11 @@ class Selected:
             if numbers.has_star():
                 return []  # "1:*" in an empty mailbox names nothing
             raise Bad("The mailbox is empty: no message numbers are valid")
-        ranges = numbers.resolve(count)
-        if any(low > count for low, _ in ranges):
+        # RFC 3501, 9 (seq-number): a number above EXISTS is an error, even
+        # in a range that also names messages that exist.
+        if any(number > count for pair in numbers.ranges for number in pair):
             raise Bad(f"Message numbers go from 1 to {count}")
+        ranges = numbers.resolve(count)
         return [self.uids[n - 1] for low, high in ranges
                 for n in range(low, min(high, count) + 1)]
 
@@ -303,10 +305,17 @@ class Session:
         return b" MODSEQ (%d)" % modseq if self.condstore else b""
 
     def expunged(self, uids: Iterable[int]) -> list[bytes]:
-        """Drop messages this session removed; the EXPUNGE responses to send."""
+        """Drop messages this session removed; the EXPUNGE responses to send.
+
+        Removals by other sessions that this one has seen but not told stay
+        marked (`stale`): the refresh after this command tells them.
+        """
         selected = self.require_selected()
         gone = set(uids)
-        return self._report_removed(selected, {u for u in selected.uids if u not in gone})
+        stale = selected.stale
+        lines = self._report_removed(selected, {u for u in selected.uids if u not in gone})
+        selected.stale = stale
+        return lines
 
     # -- reading and settling ----------------------------------------------------------
 
