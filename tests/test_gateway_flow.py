@@ -65,11 +65,21 @@ def test_aiosmtplib_client(site: Site) -> None:
     alice, carol = site.add_user("alice"), site.add_user("carol")
     with GatewayThread(site.settings()) as gateway:
         async def send() -> None:
-            await aiosmtplib.send(
-                message(alice, carol), sender=alice, recipients=[carol],
-                hostname="127.0.0.1", port=gateway.submission, start_tls=True,
-                tls_context=site.ssl_context(), username=alice, password=PASSWORD,
-            )
+            client = aiosmtplib.SMTP(hostname="127.0.0.1", port=gateway.submission,
+                                     start_tls=True, tls_context=site.ssl_context())
+            await client.connect()
+            sock = client.get_transport_info("socket")
+            await client.login(alice, PASSWORD)
+            await client.sendmail(alice, [carol], message(alice, carol))
+            await client.quit()
+            # QUIT closes the TLS layer, which closes the socket only once the
+            # gateway's close_notify is in: wait for it, or the loop ends
+            # first and leaves the socket to the garbage collector.
+            for _ in range(500):
+                if sock.fileno() == -1:
+                    break
+                await asyncio.sleep(0.01)
+            assert sock.fileno() == -1, "the gateway did not close the connection"
         asyncio.run(send())
         wait_for(lambda: inbox(site, carol), what="local delivery")
 
