@@ -140,6 +140,22 @@ class Opener:
             return self._cipher.unseal(blob[len(MAILBOX_SEALED):], self._aad)
         return read(self._keys, blob)
 
+    def read_index(self, mailbox_id: int, chunk: int, blob: bytes) -> bytes:
+        """A part of a mailbox's search index; atrest.IntegrityError if not this one."""
+        return self._cipher.unseal(blob, _index_aad(self._keys.user_id, mailbox_id, chunk))
+
+
+def _index_aad(user_id: int, mailbox_id: int, chunk: int) -> bytes:
+    # Binds a part of the search index to its place: a part copied to another
+    # mailbox or chunk does not open there.
+    return f"beep-mail search index of user {user_id} mailbox {mailbox_id} " \
+           f"chunk {chunk}".encode()
+
+
+def seal_index(keys: Keys, mailbox_id: int, chunk: int, plaintext: bytes) -> bytes:
+    return atrest.seal(keys.mailbox_key, plaintext,
+                       _index_aad(keys.user_id, mailbox_id, chunk))
+
 
 def seal_for_mailbox(keys: Keys, plaintext: bytes) -> bytes:
     return MAILBOX_SEALED + atrest.seal(keys.mailbox_key, plaintext, _aad(keys.user_id))

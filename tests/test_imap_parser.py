@@ -287,7 +287,9 @@ def test_search_knows_what_of_a_message_it_reads() -> None:
         return needs(command.key)
 
     assert need(b"UNSEEN UID 1:* LARGER 5 SINCE 1-Jan-2024") is Need.NOTHING
-    assert need(b"OR SEEN SUBJECT x") is Need.SUMMARY
-    assert need(b"NOT SENTON 1-Jan-2024") is Need.SUMMARY
+    assert need(b"OR SEEN SUBJECT x") is Need.INDEX
+    assert need(b"NOT SENTON 1-Jan-2024") is Need.INDEX
+    assert need(b"HEADER Reply-To x") is Need.INDEX
+    assert need(b"FROM x HEADER X-Mailer y") is Need.SUMMARY
     assert need(b"FROM x OR BODY y SEEN") is Need.MESSAGE
     assert need(b"NOT TEXT y") is Need.MESSAGE

@@ -39,7 +39,7 @@ from beep_mail.config import Settings
 from beep_mail.crypto.openpgp import OpenPGPError
 from beep_mail.crypto.passwords import Passwords
 from beep_mail.imap import fetch as fetching
-from beep_mail.imap import names, render
+from beep_mail.imap import index, names, render
 from beep_mail.imap import summary as summaries
 from beep_mail.imap.errors import (
     AlreadyExists,
@@ -77,7 +77,16 @@ from beep_mail.imap.parser import (
     UidExpunge,
     format_set,
 )
-from beep_mail.imap.search import Facts, Need, Searcher, needs, uses_modseq
+from beep_mail.imap.index import Indexed
+from beep_mail.imap.search import (
+    Facts,
+    Need,
+    Searcher,
+    needs,
+    reads_columns,
+    required_words,
+    uses_modseq,
+)
 from beep_mail.imap.session import Selected, Session, State, flag_list, flag_set
 from beep_mail.keyring import KeyringError
 from beep_mail.smtp.throttle import Throttle
@@ -829,6 +838,8 @@ async def _matching(session: Session, selected: Selected,
     """The messages found, in UID order, with their mod-sequences."""
     searcher = Searcher(command.key, len(selected.uids), selected.uids[-1])
     need = needs(command.key)
+    if need is Need.INDEX:
+        return await _matching_by_index(session, selected, searcher)
     brief = need is Need.SUMMARY
     metas = await session.db.run(mailstore.entries, session.user.user_id,
                                  selected.mailbox_id, selected.ranges(selected.uids), brief)
@@ -850,6 +861,64 @@ async def _matching(session: Session, selected: Selected,
 
         found.update(await asyncio.to_thread(judge) if content else judge())
     return found
+
+
+async def _matching_by_index(session: Session, selected: Selected,
+                             searcher: Searcher) -> dict[int, int]:
+    """A search by the fields the index keeps: the index, and summaries where
+    it has no record yet; the records made on the way are written to it."""
+    user_id, mailbox_id = session.user.user_id, selected.mailbox_id
+    if reads_columns(searcher.key) or uses_modseq(searcher.key):
+        metas = await session.db.run(mailstore.entries, user_id, mailbox_id,
+                                     selected.ranges(selected.uids))
+    else:  # numbers and the index alone: no need to read the entries
+        metas = [mailstore.EntryMeta(uid, "", 0.0, 0) for uid in selected.uids]
+    known = await session.index(mailbox_id)
+    missing = [m.uid for m in metas if m.uid not in known]
+    others: dict[int, fetching.Readable] = {}
+    if missing:
+        briefs = await session.db.run(mailstore.entries, user_id, mailbox_id,
+                                      selected.ranges(missing), True)
+        for batch in _batches(briefs, by_size=False):
+            others.update(await _briefly(session, selected, batch, _HEADER_ITEMS))
+    words = required_words(searcher.key)
+
+    def judge() -> tuple[list[tuple[int, int]], dict[int, str]]:
+        found: list[tuple[int, int]] = []
+        made: dict[int, str] = {}
+        for meta in metas:
+            line = known.get(meta.uid)
+            if line is not None and not all(word in line for word in words):
+                continue  # lacks a value the key requires
+            seq = selected.seq_of(meta.uid)
+            if not seq:
+                continue
+            message: Indexed | fetching.Readable | None = None
+            if line is not None:
+                message = Indexed(line)
+            else:
+                message = other = others.get(meta.uid)
+                if other is not None:
+                    record = _record(meta.uid, other)
+                    if record is not None:
+                        made[meta.uid] = record
+            facts = Facts(seq, meta.uid, flag_set(meta.flags), meta.internal_date,
+                          meta.size, message, meta.modseq)
+            if searcher.matches(facts):
+                found.append((meta.uid, meta.modseq))
+        return found, made
+
+    found, made = await asyncio.to_thread(judge)
+    if made:
+        await session.extend_index(selected, known, made)
+    return dict(found)
+
+
+def _record(uid: int, message: fetching.Readable) -> str | None:
+    if isinstance(message, summaries.Summary):
+        return index.record(uid, message, message.sent_day)
+    sent = message.date()
+    return index.record(uid, message, sent.date() if sent else None)
 
 
 _MODSEQ = FetchAtt("MODSEQ")

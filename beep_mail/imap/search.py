@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import Enum
 
-from beep_mail.imap import render
+from beep_mail.imap import index, render
+from beep_mail.imap.index import Indexed
 from beep_mail.imap.parser import (
     SearchAll,
     SearchAnd,
@@ -45,7 +46,7 @@ class Facts:
     flags: set[str]
     internal_date: float
     size: int
-    message: render.Message | Summary | None = None
+    message: render.Message | Summary | Indexed | None = None
     modseq: int = 1
 
 
@@ -53,17 +54,18 @@ class Need(Enum):
     """What of a message a search reads, least first."""
 
     NOTHING = 0  # flags, sizes, dates, numbers: the entry's columns
-    SUMMARY = 1  # header fields and the sent date: the summary
-    MESSAGE = 2  # TEXT and BODY: the whole message
+    INDEX = 1  # the header fields of `index.FIELDS` and the sent date
+    SUMMARY = 2  # other header fields: the summary
+    MESSAGE = 3  # TEXT and BODY: the whole message
 
 
 def needs(key: SearchKey) -> Need:
     if isinstance(key, SearchText):
         return Need.MESSAGE
     if isinstance(key, SearchHeader):
-        return Need.SUMMARY
+        return Need.INDEX if index.covers(key.field) else Need.SUMMARY
     if isinstance(key, SearchDate):
-        return Need.SUMMARY if key.sent else Need.NOTHING
+        return Need.INDEX if key.sent else Need.NOTHING
     if isinstance(key, SearchNot):
         return needs(key.key)
     if isinstance(key, SearchOr):
@@ -85,6 +87,35 @@ def uses_modseq(key: SearchKey) -> bool:
     if isinstance(key, SearchAnd):
         return any(uses_modseq(item) for item in key.keys)
     return False
+
+
+def reads_columns(key: SearchKey) -> bool:
+    """Whether the search reads flags, sizes, internal dates or mod-sequences."""
+    if isinstance(key, SearchFlag | SearchSize | SearchModseq):
+        return True
+    if isinstance(key, SearchDate):
+        return not key.sent
+    if isinstance(key, SearchNot):
+        return reads_columns(key.key)
+    if isinstance(key, SearchOr):
+        return reads_columns(key.left) or reads_columns(key.right)
+    if isinstance(key, SearchAnd):
+        return any(reads_columns(item) for item in key.keys)
+    return False
+
+
+def required_words(key: SearchKey) -> list[str]:
+    """Folded strings that a message's index record holds if the key matches.
+
+    A record that lacks one of them does not match, and is not judged
+    further: the header keys a search must satisfy, each one of `FIELDS`
+    whose value is found in that field's unit of the record.
+    """
+    if isinstance(key, SearchHeader) and index.covers(key.field) and key.value:
+        return [_fold(key.value)]
+    if isinstance(key, SearchAnd):
+        return [word for item in key.keys for word in required_words(item)]
+    return []
 
 
 def _fold(text: str) -> str:
@@ -148,7 +179,7 @@ class Searcher:
             day = datetime.fromtimestamp(facts.internal_date, UTC).date()
             return _compare(day, key.relation, key.day)
         message = facts.message
-        if isinstance(message, Summary):
+        if isinstance(message, Summary | Indexed):
             return _compare(message.sent_day, key.relation, key.day)
         sent = message.date() if message is not None else None
         return _compare(sent.date() if sent else None, key.relation, key.day)
@@ -159,7 +190,10 @@ class Searcher:
             return False
         if isinstance(key, SearchHeader):
             value = message.header_value(key.field)
-            return value is not None and _fold(key.value) in _fold(value)
+            if value is None:
+                return False
+            return _fold(key.value) in (value if isinstance(message, Indexed)
+                                        else _fold(value))
         assert isinstance(message, render.Message)  # `needs` asked for the message
         wanted = _fold(key.value)
         if wanted in _fold(message.text_for_search()):

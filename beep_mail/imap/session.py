@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from beep_mail import logs, vault
-from beep_mail.crypto.openpgp import OpenPGPError
-from beep_mail.imap import render
+from beep_mail.crypto.openpgp import IntegrityError, OpenPGPError
+from beep_mail.imap import index, render
 from beep_mail.imap.summary import Summary, SummaryError, build as build_summary
 from beep_mail.imap.errors import Bad, Bye, ServerBug
 from beep_mail.imap.hub import Hub
@@ -360,6 +360,38 @@ class Session:
         """The summaries of entries read with theirs, opened; by UID."""
         return await asyncio.to_thread(_open_summaries, self.user, metas)
 
+    async def index(self, mailbox_id: int) -> dict[int, str]:
+        """The mailbox's search index as stored: records by UID (`beep_mail.imap.index`)."""
+        sealed = await self.db.run(mailstore.index_chunks, self.user.user_id, mailbox_id)
+        if not sealed:
+            return {}
+        return await asyncio.to_thread(_open_index, self.user, mailbox_id, sealed)
+
+    async def extend_index(self, selected: Selected, known: dict[int, str],
+                           made: dict[int, str]) -> None:
+        """Write again the parts of the index that the records `made` add to.
+
+        A part keeps the records of messages still in the view, `known` ones
+        and new ones alike; the store writes it only if all are still there.
+        """
+        in_view = set(selected.uids)
+        parts: dict[int, list[int]] = {}
+        for uid in sorted(set(known) | set(made)):
+            if uid in in_view:
+                parts.setdefault(index.chunk_of(uid), []).append(uid)
+        touched = {index.chunk_of(uid) for uid in made}
+
+        def seal() -> dict[int, tuple[list[int], bytes]]:
+            return {chunk: (uids, vault.seal_index(
+                        self.user, selected.mailbox_id, chunk,
+                        index.write([made[u] if u in made else known[u]
+                                     for u in uids])))
+                    for chunk, uids in parts.items() if chunk in touched}
+
+        chunks = await asyncio.to_thread(seal)
+        await self.db.run(mailstore.put_index_chunks, self.user.user_id,
+                          selected.mailbox_id, chunks)
+
 
 def _open(keys: vault.Keys, blobs: dict[int, bytes]) -> dict[int, render.Message]:
     opened: dict[int, render.Message] = {}
@@ -372,6 +404,20 @@ def _open(keys: vault.Keys, blobs: dict[int, bytes]) -> dict[int, render.Message
             raise ServerBug(f"Message UID {uid} cannot be opened; "
                             "tell your administrator") from None
     return opened
+
+
+def _open_index(keys: vault.Keys, mailbox_id: int,
+                sealed: dict[int, bytes]) -> dict[int, str]:
+    opener = vault.Opener(keys)
+    found: dict[int, str] = {}
+    for chunk, blob in sealed.items():
+        try:
+            found.update(index.parse(opener.read_index(mailbox_id, chunk, blob)))
+        except (IntegrityError, ValueError) as error:
+            # A cache: the search reads the summaries, and writes it again.
+            logs.event(log, "index_unreadable", logging.WARNING, chunk=chunk,
+                       reason=type(error).__name__)
+    return found
 
 
 def _open_summaries(keys: vault.Keys,

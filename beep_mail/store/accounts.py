@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
 from beep_mail.store.tables import (domains, keys, mailbox_entries, mailbox_keys,
-                                    mailboxes, queue, users)
+                                    mailboxes, queue, search_chunks, users)
 
 # The folders every user has, with their RFC 6154 special-use flags.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
@@ -120,6 +120,7 @@ def remove_user(connection: Connection, address: str) -> None:
     connection.execute(delete(mailbox_keys).where(mailbox_keys.c.user_id == user.id))
     connection.execute(delete(keys).where(keys.c.kind == "user",
                                           keys.c.owner == user.address))
+    connection.execute(delete(search_chunks).where(search_chunks.c.user_id == user.id))
     connection.execute(delete(mailbox_entries)
                        .where(mailbox_entries.c.user_id == user.id))
     connection.execute(delete(mailboxes).where(mailboxes.c.user_id == user.id))

@@ -48,7 +48,7 @@ from sqlalchemy import (
     update,
 )
 
-from beep_mail.store.tables import mailbox_entries, mailboxes
+from beep_mail.store.tables import mailbox_entries, mailboxes, search_chunks
 
 INBOX = "INBOX"
 DELIMITER = "/"
@@ -56,6 +56,9 @@ SEEN = "\\Seen"
 DELETED = "\\Deleted"
 MAX_FLAGS_LENGTH = 1000  # the column's width
 _CHUNK = 200  # ranges per statement: SQLite parses OR chains as deep trees
+# UIDs per part of a mailbox's search index (`search_chunks`): a removal
+# costs the next search this many summaries to open again.
+CHUNK_UIDS = 1024
 
 Ranges = Sequence[tuple[int, int]]
 
@@ -289,6 +292,7 @@ def delete_mailbox(engine: Engine, user_id: int, name: str) -> None:
         raise MailboxRefused("INBOX cannot be deleted")
     with engine.begin() as connection:
         box = _require(connection, user_id, name, lock=True)
+        _forget_index(connection, box.id)
         connection.execute(delete(mailbox_entries)
                            .where(_entries_of(user_id, box.id)))
         connection.execute(delete(mailboxes).where(mailboxes.c.user_id == user_id,
@@ -335,6 +339,7 @@ def _rename_inbox(connection: Connection, user_id: int, inbox: MailboxRow,
     The messages keep their UIDs, so the new mailbox starts where INBOX's
     UIDs stand; INBOX keeps its UIDVALIDITY and never gives those UIDs again.
     """
+    _forget_index(connection, inbox.id)
     _create_superiors(connection, user_id, new)
     _insert_mailbox(connection, user_id, new, uidnext=inbox.uidnext)
     target = _require(connection, user_id, new)
@@ -518,6 +523,9 @@ def expunge(engine: Engine, user_id: int, mailbox_id: int,
             removed.extend(uids)
         if removed:
             next_modseq(connection, mailbox_id)
+            # After the mailbox row is locked: an index part written
+            # meanwhile by a search that still saw these messages goes too.
+            _forget_index(connection, mailbox_id, removed)
     return sorted(removed)
 
 
@@ -544,6 +552,7 @@ def copy(engine: Engine, user_id: int, mailbox_id: int, uids: Sequence[int],
             .scalars())
         if move and present:
             next_modseq(connection, mailbox_id)  # an expunge, for the source
+            _forget_index(connection, mailbox_id, present)
         target, first, modseq = _take_uids(connection, user_id, target_name, len(present))
         if target.id == mailbox_id and move:
             raise MailboxRefused("A message cannot be moved to the mailbox it is in")
@@ -584,6 +593,59 @@ def append(engine: Engine, user_id: int, name: str, content: bytes, size: int,
             internal_date=internal_date, size=size, flags=value, content=content,
             summary=summary, modseq=modseq))
     return target.uidvalidity, uid
+
+
+# -- the search index (beep_mail.imap.index) -------------------------------------
+
+def index_chunks(engine: Engine, user_id: int, mailbox_id: int) -> dict[int, bytes]:
+    """The sealed parts of a mailbox's search index, by chunk number."""
+    c = search_chunks.c
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(c.chunk, c.sealed).where(c.user_id == user_id,
+                                            c.mailbox_id == mailbox_id)).all()
+    return {int(chunk): bytes(sealed) for chunk, sealed in rows}
+
+
+def put_index_chunks(engine: Engine, user_id: int, mailbox_id: int,
+                     chunks: dict[int, tuple[list[int], bytes]]) -> None:
+    """Write parts of the index: each chunk's UIDs and its sealed bytes.
+
+    Under the mailbox row's lock, and only where every UID a part covers is
+    still in the mailbox: a part that covers a message removed meanwhile is
+    not written, so no index keeps what the mailbox no longer holds.
+    """
+    with engine.begin() as connection:
+        locked = connection.execute(
+            select(mailboxes.c.id).where(mailboxes.c.user_id == user_id,
+                                         mailboxes.c.id == mailbox_id)
+            .with_for_update()).first()
+        if locked is None:
+            return
+        for chunk, (uids, sealed) in chunks.items():
+            low = chunk * CHUNK_UIDS
+            present = set(connection.execute(
+                select(mailbox_entries.c.uid).where(
+                    _entries_of(user_id, mailbox_id),
+                    mailbox_entries.c.uid.between(low, low + CHUNK_UIDS - 1)))
+                .scalars())
+            if not present.issuperset(uids):
+                continue
+            where = and_(search_chunks.c.mailbox_id == mailbox_id,
+                         search_chunks.c.chunk == chunk)
+            connection.execute(delete(search_chunks).where(where))
+            connection.execute(search_chunks.insert().values(
+                mailbox_id=mailbox_id, chunk=chunk, user_id=user_id, sealed=sealed))
+
+
+def _forget_index(connection: Connection, mailbox_id: int,
+                  uids: Sequence[int] | None = None) -> None:
+    """Delete the index parts that cover these UIDs (all, for None)."""
+    where = search_chunks.c.mailbox_id == mailbox_id
+    if uids is not None:
+        where = and_(where, search_chunks.c.chunk.in_(
+            sorted({uid // CHUNK_UIDS for uid in uids})))
+    connection.execute(delete(search_chunks).where(where))
 
 
 # -- entries sealed at delivery, settled by sessions --------------------------

@@ -153,6 +153,24 @@ class MailboxEntry(SQLModel, table=True):
     content: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
+class SearchChunk(SQLModel, table=True):
+    """Part of a mailbox's search index (beep_mail.imap.index), sealed.
+
+    The header fields SEARCH reads most, of up to CHUNK_UIDS messages whose
+    UIDs share `chunk` (uid // CHUNK_UIDS), decoded and sealed under the
+    mailbox key in one blob, so that a search opens a few blobs instead of
+    one summary per message. A cache: deleted whenever a message it covers
+    leaves the mailbox, rebuilt from the summaries by the next search.
+    """
+
+    __tablename__ = "search_chunks"
+
+    mailbox_id: int = Field(foreign_key="mailboxes.id", primary_key=True)
+    chunk: int = Field(primary_key=True)
+    user_id: int = Field(foreign_key="users.id")
+    sealed: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
 class Key(SQLModel, table=True):
     """An OpenPGP key the gateway uses or trusts.
 
@@ -270,3 +288,4 @@ keys = Key.__table__  # type: ignore[attr-defined]
 archive_entries = ArchiveEntry.__table__  # type: ignore[attr-defined]
 archive_checkpoints = ArchiveCheckpoint.__table__  # type: ignore[attr-defined]
 mailbox_keys = MailboxKey.__table__  # type: ignore[attr-defined]
+search_chunks = SearchChunk.__table__  # type: ignore[attr-defined]
