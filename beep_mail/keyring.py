@@ -24,7 +24,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine
 
 from beep_mail.config import Settings
-from beep_mail.crypto import atrest, openpgp
+from beep_mail.crypto import atrest, openpgp, passwords
 from beep_mail.crypto.openpgp import PublicKey, SecretKey, UnlockedKey
 from beep_mail.policy.address import AddressError, parse_envelope_address
 from beep_mail.store import accounts
@@ -97,12 +97,13 @@ def ensure_domain_key(connection: Connection, settings: Settings, domain: str) -
 
 
 def store_secret(connection: Connection, kind: str, owner: str,
-                 secret: SecretKey) -> KeyRecord:
+                 secret: SecretKey, lock: str | None = None) -> KeyRecord:
+    """`lock`: how a user's password turns into this key's passphrase (passwords)."""
     key = secret.public
     return key_store.add_key(
         connection, kind=kind, owner=owner, fingerprint=key.fingerprint,
         public_key=key.armored, secret_key=secret.armored, pinned=True,
-        created_at=key.created, expires_at=key.expires,
+        created_at=key.created, expires_at=key.expires, lock=lock,
     )
 
 
@@ -149,14 +150,25 @@ def user_public(connection: Connection, address: str) -> PublicKey:
     return public(record)
 
 
-def unlock_user(connection: Connection, address: str, password: str, *,
+def unlock_user(connection: Connection, address: str, checked: passwords.Checked, *,
                 decrypt_only: bool = False) -> UnlockedKey:
-    """A user's key; `decrypt_only` for a reader who opens mail and signs nothing."""
+    """A user's key, opened with a password found right; `decrypt_only` for a
+    reader who opens mail and signs nothing."""
     record = key_store.active_key(connection, "user", address)
     if record is None or record.secret_key is None:
         raise KeyringError(f"{address} has no key")
-    return openpgp.load_secret(record.secret_key).unlock(password,
-                                                         decrypt_only=decrypt_only)
+    return openpgp.load_secret(record.secret_key).unlock(
+        checked.passphrase_for(record.lock), decrypt_only=decrypt_only)
+
+
+def user_passphrase(record: KeyRecord, password: str) -> str:
+    """The passphrase of a user's key, from the password that locked it."""
+    if record.lock is None:
+        return password
+    try:
+        return passwords.derive(record.lock, password).passphrase
+    except ValueError:
+        raise KeyringError(f"key {record.fingerprint} has a lock of unknown form") from None
 
 
 # -- keys of correspondents ---------------------------------------------------------
@@ -338,14 +350,14 @@ def install_domain_key(connection: Connection, domain: str,
 
 
 def rotate_user_key(connection: Connection, address: str, secret: SecretKey,
-                    mailbox_key: bytes) -> Installed:
-    """A user's new key (same password), with the mailbox key wrapped to it."""
+                    mailbox_key: bytes, lock: str | None = None) -> Installed:
+    """A user's new key (same password, `lock`), with the mailbox key wrapped to it."""
     user = accounts.find_user(connection, address)
     if user is None:
         raise KeyringError(f"no user {address}")
     wrapped = atrest.wrap_key(mailbox_key, [secret.public, recovery_key(connection)])
     retired = _retire(connection, "user", user.address)
-    record = store_secret(connection, "user", user.address, secret)
+    record = store_secret(connection, "user", user.address, secret, lock)
     key_store.put_mailbox_key(connection, user.id, wrapped, secret.public.fingerprint)
     return Installed(record, retired)
 
@@ -397,9 +409,12 @@ def unlock_own(settings: Settings, record: KeyRecord,
     a user's key with the user's password."""
     if record.secret_key is None:
         raise KeyringError(f"key {record.fingerprint} has no secret part here")
-    passphrase = site_secret(settings) if record.kind == "domain" else password
-    if passphrase is None:
+    if record.kind == "domain":
+        passphrase = site_secret(settings)
+    elif password is None:
         raise KeyringError(f"key {record.fingerprint} needs the user's password")
+    else:
+        passphrase = user_passphrase(record, password)
     return openpgp.load_secret(record.secret_key).unlock(passphrase)
 
 

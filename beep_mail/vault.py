@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, select, update
 
 from beep_mail import keyring
 from beep_mail.config import Settings
-from beep_mail.crypto import atrest, openpgp
+from beep_mail.crypto import atrest, openpgp, passwords
 from beep_mail.crypto.openpgp import PublicKey, UnlockedKey
 from beep_mail.store import accounts
 from beep_mail.store import keys as key_store
@@ -45,27 +45,30 @@ def _aad(user_id: int) -> bytes:
 # -- users and their keys ------------------------------------------------------
 
 def make_user_key(settings: Settings, address: str, name: str,
-                  password: str) -> openpgp.SecretKey:
+                  lock: passwords.KeyLock) -> openpgp.SecretKey:
     """Slow (key generation): call before opening the write transaction."""
     # A user's key does not expire: renewing it would need the password, and an
     # expired key would stop the user's mail. Domain keys carry the expiry.
-    return openpgp.generate(name or address, address, passphrase=password,
-                            algorithm=settings.keys.algorithm)
+    return openpgp.generate(name or address, address, passphrase=lock.passphrase,
+                            algorithm=settings.keys.algorithm, stretch=lock.stretch)
 
 
 def create_user(connection: Connection, address: str, name: str, password_hash: str,
-                secret: openpgp.SecretKey) -> accounts.UserRecord:
-    """The user, its mailboxes, its key and its wrapped mailbox key, in one transaction."""
+                secret: openpgp.SecretKey, lock: str | None) -> accounts.UserRecord:
+    """The user, its mailboxes, its key and its wrapped mailbox key, in one transaction.
+
+    `lock` is the key's (passwords.KeyLock.lock), from the same password.
+    """
     recovery = keyring.recovery_key(connection)
     user = accounts.add_user(connection, address, name, password_hash)
-    keyring.store_secret(connection, "user", user.address, secret)
+    keyring.store_secret(connection, "user", user.address, secret, lock)
     wrapped = atrest.wrap_key(atrest.new_key(), [secret.public, recovery])
     key_store.put_mailbox_key(connection, user.id, wrapped, secret.public.fingerprint)
     return user
 
 
 def replace_user_key(connection: Connection, address: str,
-                     secret: openpgp.SecretKey) -> None:
+                     secret: openpgp.SecretKey, lock: str | None) -> None:
     """After a password reset: the new key becomes active, the old one retired.
 
     The mailbox key stays wrapped to the old key and the recovery key until
@@ -73,18 +76,37 @@ def replace_user_key(connection: Connection, address: str,
     """
     for old in key_store.keys_of(connection, "user", address):
         key_store.set_state(connection, old.id, "retired")
-    keyring.store_secret(connection, "user", address, secret)
+    keyring.store_secret(connection, "user", address, secret, lock)
 
 
-def rekey_password(connection: Connection, address: str, old_password: str,
-                   new_password: str) -> None:
-    """A change by someone who knows the old password: same key, new lock."""
-    record = key_store.active_key(connection, "user", address)
-    if record is None or record.secret_key is None:
-        raise VaultError(f"{address} has no key")
-    unlocked = openpgp.load_secret(record.secret_key).unlock(old_password)
-    key_store.replace_secret(connection, record.id,
-                             openpgp.relock(unlocked, new_password).armored)
+def upgrade_lock(engine: Engine, address: str, checked: passwords.Checked,
+                 hasher: passwords.Passwords) -> bool:
+    """Move a user of the earlier password form to the current one; whether done.
+
+    The stored password becomes a `$bm-argon2id$` one and the same key is
+    locked again with the passphrase it yields, both in one transaction, so
+    that the two never disagree. The slow part (Argon2id, S2K, relocking) is
+    done before; if the password or key changed meanwhile, nothing is written.
+    """
+    with engine.connect() as connection:
+        user = accounts.find_user(connection, address)
+        record = key_store.active_key(connection, "user", address)
+    if (user is None or record is None or record.secret_key is None
+            or not passwords.needs_upgrade(user.password_hash)):
+        return False
+    stored, lock = hasher.new(checked.password, policy=False)
+    unlocked = openpgp.load_secret(record.secret_key).unlock(
+        checked.passphrase_for(record.lock))
+    relocked = openpgp.relock(unlocked, lock.passphrase, stretch=lock.stretch)
+    with engine.begin() as connection:
+        now_user = accounts.find_user(connection, address)
+        now_key = key_store.active_key(connection, "user", address)
+        if (now_user is None or now_user.password_hash != user.password_hash
+                or now_key is None or now_key.secret_key != record.secret_key):
+            return False
+        key_store.replace_secret(connection, record.id, relocked.armored, lock.lock)
+        accounts.set_password_hash(connection, address, stored)
+    return True
 
 
 # -- a session's view of one mailbox owner -------------------------------------------
@@ -99,13 +121,19 @@ class Keys:
     mailbox_key: bytes
 
 
-def open_keys(engine: Engine, address: str, password: str) -> Keys:
+def open_keys(engine: Engine, address: str, password: str | passwords.Checked) -> Keys:
+    """A user's keys, from the password (checked here: one Argon2id run) or
+    from a sign-in that checked it already."""
     with engine.connect() as connection:
         user = accounts.find_user(connection, address)
         if user is None:
             raise VaultError(f"no user {address}")
+        checked = (passwords.check(user.password_hash, password)
+                   if isinstance(password, str) else password)
+        if checked is None:
+            raise openpgp.KeyProblem("wrong password")
         # A session reads mail and signs nothing: one key part to unlock.
-        unlocked = keyring.unlock_user(connection, user.address, password,
+        unlocked = keyring.unlock_user(connection, user.address, checked,
                                        decrypt_only=True)
         stored = key_store.get_mailbox_key(connection, user.id)
     if stored is None:

@@ -21,6 +21,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from argon2 import PasswordHasher
+
 from beep_mail import config, keyring, vault
 from beep_mail.crypto import openpgp
 from beep_mail.crypto.passwords import Passwords
@@ -98,12 +100,12 @@ class Site:
 
     def add_user(self, local: str) -> str:
         address = f"{local}@{self.domain}"
-        secret = vault.make_user_key(self.settings(), address, local, PASSWORD)
+        stored, lock = _CHEAP_HASH.new(PASSWORD)
+        secret = vault.make_user_key(self.settings(), address, local, lock)
         db = self._db()
         try:
             with db.engine.begin() as connection:
-                vault.create_user(connection, address, local,
-                                  _CHEAP_HASH.hash(PASSWORD), secret)
+                vault.create_user(connection, address, local, stored, secret, lock.lock)
         finally:
             db.close()
         return address
@@ -140,8 +142,11 @@ class Site:
 
 
 def password_hash() -> str:
-    """A hash of PASSWORD at the cost the bench's users have (Argon2id, PHC form)."""
-    return _CHEAP_HASH.hash(PASSWORD)
+    """A hash of PASSWORD at the cost the bench's users have, in the PHC form
+    Dovecot reads (its ARGON2ID scheme)."""
+    return PasswordHasher(time_cost=_CHEAP_HASH.time_cost,
+                          memory_cost=_CHEAP_HASH.memory_kib,
+                          parallelism=_CHEAP_HASH.parallelism).hash(PASSWORD)
 
 
 def make_site(root: Path, domain: str) -> Site:

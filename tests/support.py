@@ -116,11 +116,12 @@ class Site:
 
     def add_user(self, local: str, password: str = PASSWORD) -> str:
         address = f"{local}@{self.domain}"
-        secret = vault.make_user_key(self.settings(), address, local.title(), password)
+        stored, lock = FAST_HASH.new(password)
+        secret = vault.make_user_key(self.settings(), address, local.title(), lock)
         db = self.db()
         with db.engine.begin() as connection:
-            vault.create_user(connection, address, local.title(),
-                              FAST_HASH.hash(password), secret)
+            vault.create_user(connection, address, local.title(), stored, secret,
+                              lock.lock)
         db.close()
         return address
 

@@ -435,12 +435,13 @@ def test_password_reset_needs_the_recovery_key(site: Site) -> None:
 
     # An administrator resets the password: a new key, the old one retired.
     new_password = "a brand new password after the reset"
-    secret = vault.make_user_key(site.settings(), carol, "Carol", new_password)
+    stored, lock = FAST_HASH.new(new_password)
+    secret = vault.make_user_key(site.settings(), carol, "Carol", lock)
     db = site.db()
     try:
         with db.engine.begin() as connection:
-            accounts.set_password_hash(connection, carol, FAST_HASH.hash(new_password))
-            vault.replace_user_key(connection, carol, secret)
+            accounts.set_password_hash(connection, carol, stored)
+            vault.replace_user_key(connection, carol, secret, lock.lock)
     finally:
         db.close()
     _store(site, carol, during, "three")
@@ -448,7 +449,7 @@ def test_password_reset_needs_the_recovery_key(site: Site) -> None:
     # Nothing stored before the reset opens with the new password.
     with pytest.raises(vault.VaultError, match="recover"):
         site.inbox(carol, new_password)
-    new_key = secret.unlock(new_password)
+    new_key = secret.unlock(lock.passphrase)
     old_entry = site.raw_entries(carol)[1]
     assert atrest.is_sealed_for(old_entry)
     with pytest.raises(openpgp.OpenPGPError):

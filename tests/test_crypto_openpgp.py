@@ -257,7 +257,7 @@ def test_passphrase_derivation_matches_pgpy_without_its_big_buffer(
     key = openpgp._parse_key(ours["curve25519"].secret._binary)
     s2k = key._key.keymaterial.s2k
     assert s2k.count > 60_000_000
-    assert openpgp._derive_key(s2k, PASSPHRASE) == type(s2k).derive_key(s2k, PASSPHRASE)
+    assert openpgp._derive_key(s2k, None, PASSPHRASE) == type(s2k).derive_key(s2k, PASSPHRASE)
 
 
 def test_load_secret_of_a_protected_gnupg_key(gpg: GPG) -> None:

@@ -346,12 +346,13 @@ def test_sign_in_failures_are_throttled(sqlite_site: Site) -> None:
 def test_mail_waiting_for_recovery_is_explained(sqlite_site: Site) -> None:
     alice = sqlite_site.add_user("alice")
     new_password = "a brand new password"
-    secret = vault.make_user_key(sqlite_site.settings(), alice, "Alice", new_password)
+    stored, lock = FAST_HASH.new(new_password)
+    secret = vault.make_user_key(sqlite_site.settings(), alice, "Alice", lock)
     db = sqlite_site.db()
     with db.engine.begin() as connection:
         # An administrator's reset: a new key, the mailbox key not yet recovered.
-        vault.replace_user_key(connection, alice, secret)
-        accounts.set_password_hash(connection, alice, FAST_HASH.hash(new_password))
+        vault.replace_user_key(connection, alice, secret, lock.lock)
+        accounts.set_password_hash(connection, alice, stored)
     db.close()
     with gateway(sqlite_site) as gw:
         wire = Wire(gw.service.port("imaps"), sqlite_site.ssl_context())

@@ -43,7 +43,7 @@ from beep_mail.cli.common import (
     transaction,
 )
 from beep_mail.config import Settings
-from beep_mail.crypto import openpgp
+from beep_mail.crypto import openpgp, passwords
 from beep_mail.crypto.openpgp import OpenPGPError, PublicKey
 from beep_mail.keyring import KeyringError
 from beep_mail.policy.address import normalise_domain, parse_envelope_address
@@ -898,14 +898,18 @@ def _rotate_user(settings: Settings, address: str, password_stdin: bool) -> None
         password = read_secret(
             f"Password of {user.address}", password_stdin, "--password-stdin"
         )
+        checked = passwords.check(user.password_hash, password)
         try:
-            keys = vault.open_keys(db.engine, user.address, password)
+            if checked is None:
+                raise openpgp.KeyProblem("wrong password")
+            keys = vault.open_keys(db.engine, user.address, checked)
         except openpgp.KeyProblem:
             raise CLIError(
                 f"the password does not open the key of {user.address}"
             ) from None
+        # The new key is locked as the stored password says, like the old one.
         secret = vault.make_user_key(
-            settings, user.address, user.display_name, password
+            settings, user.address, user.display_name, checked.key_lock
         )
 
         with transaction(db) as connection:
@@ -915,7 +919,8 @@ def _rotate_user(settings: Settings, address: str, password_stdin: bool) -> None
                 within(connection), keys, limit=_EVERY_ENTRY
             )
             done = keyring.rotate_user_key(
-                connection, user.address, secret, keys.mailbox_key
+                connection, user.address, secret, keys.mailbox_key,
+                checked.key_lock.lock,
             )
             audit.record(
                 connection,

@@ -131,10 +131,11 @@ def add(
 
         # Hashing and key generation are slow: do them before the transaction.
         password = read_password(password_stdin)
-        password_hash = _passwords(settings).hash(password)
-        secret = vault.make_user_key(settings, key, name, password)
+        password_hash, lock = _passwords(settings).new(password)
+        secret = vault.make_user_key(settings, key, name, lock)
         with transaction(db) as connection:
-            user = vault.create_user(connection, key, name, password_hash, secret)
+            user = vault.create_user(connection, key, name, password_hash, secret,
+                                     lock.lock)
             audit.record(connection, actor(), "user.add", key,
                          {"name": name, "key": secret.public.fingerprint})
         del user
@@ -236,11 +237,11 @@ def passwd(
     with database(settings) as db:
         record = _require_user(db, key)
         password = read_password(password_stdin)
-        password_hash = _passwords(settings).hash(password)
-        secret = vault.make_user_key(settings, key, record.display_name, password)
+        password_hash, lock = _passwords(settings).new(password)
+        secret = vault.make_user_key(settings, key, record.display_name, lock)
         with transaction(db) as connection:
             accounts.set_password_hash(connection, key, password_hash)
-            vault.replace_user_key(connection, key, secret)
+            vault.replace_user_key(connection, key, secret, lock.lock)
             audit.record(connection, actor(), "user.passwd", key,
                          {"key": secret.public.fingerprint})
     say(f"Password of {key} reset. The mailbox opens again once the records "

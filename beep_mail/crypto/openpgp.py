@@ -477,14 +477,28 @@ def _keep_private_key(material: Any) -> None:
     material.__privkey__ = cached
 
 
-def _stream_s2k(key: Any) -> None:
-    """Have every part of `key` derive its passphrase key with _derive_key()."""
+# The lowest S2K count (1,024 octets hashed), for a passphrase that is itself
+# a random 256-bit secret (beep_mail.crypto.passwords): stretching adds nothing.
+_UNSTRETCHED = 0
+
+
+def _stream_s2k(key: Any, count: int | None = None) -> None:
+    """Have every part of `key` derive its passphrase key with _derive_key().
+
+    With `count` (a coded S2K count), a part protected from now on is
+    protected at that count instead of PGPy's highest.
+    """
     for part in _parts_of(key):
         s2k = part._key.keymaterial.s2k
-        s2k.derive_key = partial(_derive_key, s2k)
+        s2k.derive_key = partial(_derive_key, s2k, count)
 
 
-def _derive_key(s2k: Any, passphrase: str | bytes) -> bytes:
+def _protect(key: Any, passphrase: str, stretch: bool) -> None:
+    _stream_s2k(key, None if stretch else _UNSTRETCHED)
+    key.protect(passphrase, SymmetricKeyAlgorithm.AES256, HashAlgorithm.SHA256)
+
+
+def _derive_key(s2k: Any, count: int | None, passphrase: str | bytes) -> bytes:
     """The key an S2K specifier (RFC 4880 3.7.1) derives from a passphrase.
 
     The same key as PGPy's String2Key.derive_key, which first builds the
@@ -492,6 +506,8 @@ def _derive_key(s2k: Any, passphrase: str | bytes) -> bytes:
     over while concatenating, so each unlock briefly took 130 MB. This feeds
     the hash 64 KiB at a time.
     """
+    if count is not None:
+        s2k.count = count  # PGPy set its own just before; this one is stored
     secret = passphrase.encode("utf-8") if isinstance(passphrase, str) else passphrase
     salted = s2k.specifier in (String2KeyType.Salted, String2KeyType.Iterated)
     unit = (bytes(s2k.salt) if salted else b"") + secret
@@ -528,8 +544,12 @@ def _fingerprint(key: Any) -> str:
 
 def generate(name: str, email: str, *, passphrase: str,
              algorithm: Algorithm = "curve25519",
-             expires_days: int | None = None) -> SecretKey:
-    """A new key: a certify+sign primary key with an encryption subkey."""
+             expires_days: int | None = None, stretch: bool = True) -> SecretKey:
+    """A new key: a certify+sign primary key with an encryption subkey.
+
+    `stretch=False` only for a passphrase that is a random secret of full
+    strength: the secret part is then protected at the lowest S2K count.
+    """
     if algorithm == "curve25519":
         primary = PGPKey.new(PubKeyAlgorithm.EdDSA, EllipticCurveOID.Ed25519)
         subkey = PGPKey.new(PubKeyAlgorithm.ECDH, EllipticCurveOID.Curve25519)
@@ -552,8 +572,7 @@ def generate(name: str, email: str, *, passphrase: str,
     )
     primary.add_subkey(
         subkey, usage={KeyFlags.EncryptCommunications, KeyFlags.EncryptStorage})
-    _stream_s2k(primary)
-    primary.protect(passphrase, SymmetricKeyAlgorithm.AES256, HashAlgorithm.SHA256)
+    _protect(primary, passphrase, stretch)
     return _secret_key(bytes(primary))
 
 
@@ -595,8 +614,8 @@ def load_secret(armored: str) -> SecretKey:
     return _secret_key(certs[0])
 
 
-def relock(key: UnlockedKey, passphrase: str) -> SecretKey:
-    """The same secret key, locked with a new passphrase."""
+def relock(key: UnlockedKey, passphrase: str, *, stretch: bool = True) -> SecretKey:
+    """The same secret key, locked with a new passphrase (`stretch` as in generate)."""
     key.require_complete("locking with a new passphrase")
     fresh = _parse_key(key._binary)
     for part in _parts_of(fresh):
@@ -605,8 +624,7 @@ def relock(key: UnlockedKey, passphrase: str) -> SecretKey:
         for name in target.__privfields__:
             setattr(target, name, getattr(source, name))
     # PGPy protects a copy here: protecting wipes the clear fields it encrypts.
-    _stream_s2k(fresh)
-    fresh.protect(passphrase, SymmetricKeyAlgorithm.AES256, HashAlgorithm.SHA256)
+    _protect(fresh, passphrase, stretch)
     return _secret_key(bytes(fresh))
 
 

@@ -34,8 +34,11 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from beep_mail import logs, vault
 from beep_mail.config import Settings
+from beep_mail.crypto import passwords
 from beep_mail.crypto.openpgp import OpenPGPError
 from beep_mail.crypto.passwords import Passwords
 from beep_mail.imap import fetch as fetching
@@ -57,6 +60,7 @@ from beep_mail.imap.errors import (
     Unavailable,
 )
 from beep_mail.imap.hub import Hub
+from beep_mail.imap.index import Indexed
 from beep_mail.imap.parser import (
     NOT_OFFERED,
     Append,
@@ -77,7 +81,6 @@ from beep_mail.imap.parser import (
     UidExpunge,
     format_set,
 )
-from beep_mail.imap.index import Indexed
 from beep_mail.imap.search import (
     Facts,
     Need,
@@ -283,6 +286,22 @@ async def _authenticate(ctx: Context, command: Authenticate) -> Done:
     return await _sign_in(ctx, login, password)
 
 
+async def _upgrade_lock(services: Services, address: str,
+                        checked: passwords.Checked) -> None:
+    """Once per user of the earlier password form: the current one, and the
+    key locked by Argon2id (`vault.upgrade_lock`). A failure leaves both as
+    they were, and the user signed in."""
+    try:
+        done = await asyncio.to_thread(vault.upgrade_lock, services.db.engine,
+                                       address, checked, services.passwords)
+    except (OpenPGPError, KeyringError, SQLAlchemyError) as error:
+        logs.event(log, "lock-upgrade-failed", logging.WARNING, user=address,
+                   reason=type(error).__name__)
+        return
+    if done:
+        logs.event(log, "lock-upgraded", user=address)
+
+
 async def _sign_in(ctx: Context, login_raw: bytes, password_raw: bytes) -> Done:
     services, client = ctx.services, ctx.channel.client_address
     try:
@@ -299,8 +318,8 @@ async def _sign_in(ctx: Context, login_raw: bytes, password_raw: bytes) -> Done:
     user = await services.db.run(accounts.get_user, login)
     # Unknown and disabled accounts cost the same hash as real ones.
     stored = user.password_hash if user is not None else services.passwords.decoy
-    ok = await asyncio.to_thread(services.passwords.verify, stored, password)
-    if not ok or user is None or user.disabled:
+    checked = await asyncio.to_thread(passwords.check, stored, password)
+    if checked is None or user is None or user.disabled:
         services.throttle.fail(account_key, client_key)
         _audit(ctx, "auth-failed", user.address if user is not None else None)
         await asyncio.sleep(services.settings.imap.auth_failure_delay)
@@ -315,13 +334,15 @@ async def _sign_in(ctx: Context, login_raw: bytes, password_raw: bytes) -> Done:
     ctx.user_slot = user.address
     try:
         keys = await asyncio.to_thread(vault.open_keys, services.db.engine,
-                                       user.address, password)
+                                       user.address, checked)
     except (vault.VaultError, OpenPGPError, KeyringError) as error:
         ctx.close()
         logs.event(log, "keys-unavailable", logging.WARNING, user=user.address,
                    reason=type(error).__name__)
         raise Unavailable("Your stored mail cannot be opened now; ask your "
                           "administrator") from None
+    if passwords.needs_upgrade(user.password_hash):
+        await _upgrade_lock(services, user.address, checked)
     ctx.session.sign_in(keys)
     logs.event(log, "auth", user=user.address)
     _audit(ctx, "auth-ok", user.address)

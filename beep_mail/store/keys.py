@@ -37,6 +37,7 @@ class KeyRecord:
     created_at: float
     expires_at: float | None
     updated_at: float
+    lock: str | None = None  # see tables.Key.lock
 
     @property
     def has_secret(self) -> bool:
@@ -50,7 +51,7 @@ def _record(row: object) -> KeyRecord:
 def add_key(connection: Connection, *, kind: str, owner: str, fingerprint: str,
             public_key: str, secret_key: str | None = None, state: str = "active",
             pinned: bool = False, created_at: float | None = None,
-            expires_at: float | None = None) -> KeyRecord:
+            expires_at: float | None = None, lock: str | None = None) -> KeyRecord:
     if kind not in KINDS or state not in STATES:
         raise KeyStoreError(f"unknown key kind or state: {kind}/{state}")
     existing = find_fingerprint(connection, fingerprint, kind=kind, owner=owner)
@@ -60,7 +61,7 @@ def add_key(connection: Connection, *, kind: str, owner: str, fingerprint: str,
     key_id = connection.execute(keys.insert().values(
         kind=kind, owner=owner, fingerprint=fingerprint, state=state, pinned=pinned,
         public_key=public_key, secret_key=secret_key,
-        created_at=created_at or now, expires_at=expires_at, updated_at=now,
+        created_at=created_at or now, expires_at=expires_at, updated_at=now, lock=lock,
     )).inserted_primary_key[0]  # type: ignore[index]
     return get_key(connection, int(key_id))
 
@@ -120,9 +121,10 @@ def set_state(connection: Connection, key_id: int, state: str, *,
     connection.execute(update(keys).where(keys.c.id == key_id).values(**values))
 
 
-def replace_secret(connection: Connection, key_id: int, secret_key: str) -> None:
+def replace_secret(connection: Connection, key_id: int, secret_key: str,
+                   lock: str | None = None) -> None:
     connection.execute(update(keys).where(keys.c.id == key_id)
-                       .values(secret_key=secret_key, updated_at=time.time()))
+                       .values(secret_key=secret_key, lock=lock, updated_at=time.time()))
 
 
 # -- mailbox keys -------------------------------------------------------------

@@ -196,6 +196,11 @@ class Key(SQLModel, table=True):
     pinned: bool = Field(default=False)
     public_key: str = Field(sa_column=Column(Text, nullable=False))
     secret_key: str | None = Field(default=None, sa_column=Column(Text))
+    # How a user's key is locked (beep_mail.crypto.passwords): the Argon2id
+    # costs and salt that turn the password into its passphrase; NULL when
+    # the passphrase is the password itself (or the site secret, for a
+    # domain key). Not secret.
+    lock: str | None = Field(default=None, max_length=200)
     created_at: float
     expires_at: float | None = None
     updated_at: float
