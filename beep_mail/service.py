@@ -9,6 +9,7 @@ attempts finish within a grace period, and exits 0.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import ssl
@@ -216,6 +217,7 @@ async def serve(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await service.start()
+    _settle_heap()
     for role, listener in service.listeners.items():
         print(f"beepmail: {role} listening on {listener.host}:{listener.port}",
               flush=True)
@@ -225,6 +227,19 @@ async def serve(settings: Settings) -> int:
     await service.stop()
     logs.event(log, "stopped")
     return 0
+
+
+def _settle_heap() -> None:
+    """Keep what start-up made (modules, tables, keys) out of every later
+    full garbage collection.
+
+    The process holds some 140,000 objects once started, nearly all of them
+    for its whole life; a full collection walked them all, 60 to 80 ms with
+    every session waiting, several times a second under load. Frozen, a full
+    collection walks only what sessions made since.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def run(settings: Settings) -> int:
