@@ -27,7 +27,6 @@ import grp
 import os
 import pwd
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -36,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # The same process helpers as the Postfix baseline's.
-from bench.postfix import _alive, _children, _free_port
+from bench.procs import children, free_port, stop_master
 
 CONF = """\
 # A private instance for the bench (bench/dovecot.py); removed with its folder.
@@ -142,7 +141,7 @@ class Dovecot:
         for name in ("run", "state", "log", "conf", "home",
                      "Maildir/cur", "Maildir/new", "Maildir/tmp"):
             (self.root / name).mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
 
     def _passwd(self) -> None:
         """One line, `user:{SCHEME}hash`, readable by the auth process only."""
@@ -189,22 +188,11 @@ class Dovecot:
         """The master and the processes it started, for CPU accounting."""
         if self.proc is None:
             return []
-        return [self.proc.pid, *_children(self.proc.pid)]
+        return [self.proc.pid, *children(self.proc.pid)]
 
     def stop(self) -> None:
         """SIGTERM to the master we started, by its pid: it stops its children."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        children = _children(self.proc.pid)
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(pid) for pid in children):
-            time.sleep(0.1)
+        stop_master(self.proc)
 
     def version(self) -> str | None:
         return dovecot_version()

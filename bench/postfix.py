@@ -21,12 +21,13 @@ import grp
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench.procs import children, free_port, stop_master
 
 MAIN_CF = """\
 # A private instance for the bench (bench/postfix.py); removed with its folder.
@@ -166,7 +167,7 @@ class Postfix:
             (self.root / name).mkdir(exist_ok=True)
         owner = pwd.getpwnam("postfix")
         os.chown(self.root / "data", owner.pw_uid, owner.pw_gid)
-        self.port = _free_port()
+        self.port = free_port()
 
     def _sasl(self) -> bool:
         """A sasldb with the officer's account; False (no AUTH) when it cannot be made."""
@@ -222,23 +223,11 @@ class Postfix:
         """The master and the daemons it started, for CPU accounting."""
         if self.proc is None:
             return []
-        return [self.proc.pid, *_children(self.proc.pid)]
+        return [self.proc.pid, *children(self.proc.pid)]
 
     def stop(self) -> None:
         """SIGTERM to the master we started, by its pid: it stops its daemons."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        daemons = _children(self.proc.pid)
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        # The daemons leave on the master's signal; wait until they have.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_alive(pid) for pid in daemons):
-            time.sleep(0.1)
+        stop_master(self.proc)
 
     def version(self) -> str | None:
         return postfix_version()
@@ -255,34 +244,6 @@ def _postconf(name: str) -> str:
     found = subprocess.run(["postconf", "-d", "-h", name],
                            capture_output=True, text=True, timeout=30, check=False)
     return found.stdout.strip()
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rpartition(")")[2].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes]) -> bool:

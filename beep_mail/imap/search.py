@@ -11,6 +11,7 @@ zone. RECENT and NEW never match, since this server gives no message the
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import Enum
@@ -59,49 +60,45 @@ class Need(Enum):
     MESSAGE = 3  # TEXT and BODY: the whole message
 
 
-def needs(key: SearchKey) -> Need:
-    if isinstance(key, SearchText):
-        return Need.MESSAGE
-    if isinstance(key, SearchHeader):
-        return Need.INDEX if index.covers(key.field) else Need.SUMMARY
-    if isinstance(key, SearchDate):
-        return Need.INDEX if key.sent else Need.NOTHING
+def leaves(key: SearchKey) -> Iterator[SearchKey]:
+    """The keys under NOT, OR and the implied AND, each once."""
     if isinstance(key, SearchNot):
-        return needs(key.key)
-    if isinstance(key, SearchOr):
-        return max(needs(key.left), needs(key.right), key=lambda need: need.value)
-    if isinstance(key, SearchAnd):
-        return max((needs(item) for item in key.keys), key=lambda need: need.value,
-                   default=Need.NOTHING)
+        yield from leaves(key.key)
+    elif isinstance(key, SearchOr):
+        yield from leaves(key.left)
+        yield from leaves(key.right)
+    elif isinstance(key, SearchAnd):
+        for item in key.keys:
+            yield from leaves(item)
+    else:
+        yield key
+
+
+def needs(key: SearchKey) -> Need:
+    return max((_need(leaf) for leaf in leaves(key)), key=lambda need: need.value,
+               default=Need.NOTHING)
+
+
+def _need(leaf: SearchKey) -> Need:
+    if isinstance(leaf, SearchText):
+        return Need.MESSAGE
+    if isinstance(leaf, SearchHeader):
+        return Need.INDEX if index.covers(leaf.field) else Need.SUMMARY
+    if isinstance(leaf, SearchDate):
+        return Need.INDEX if leaf.sent else Need.NOTHING
     return Need.NOTHING
 
 
 def uses_modseq(key: SearchKey) -> bool:
     """Whether the search has a MODSEQ key, so its answer tells the highest one."""
-    if isinstance(key, SearchModseq):
-        return True
-    if isinstance(key, SearchNot):
-        return uses_modseq(key.key)
-    if isinstance(key, SearchOr):
-        return uses_modseq(key.left) or uses_modseq(key.right)
-    if isinstance(key, SearchAnd):
-        return any(uses_modseq(item) for item in key.keys)
-    return False
+    return any(isinstance(leaf, SearchModseq) for leaf in leaves(key))
 
 
 def reads_columns(key: SearchKey) -> bool:
     """Whether the search reads flags, sizes, internal dates or mod-sequences."""
-    if isinstance(key, SearchFlag | SearchSize | SearchModseq):
-        return True
-    if isinstance(key, SearchDate):
-        return not key.sent
-    if isinstance(key, SearchNot):
-        return reads_columns(key.key)
-    if isinstance(key, SearchOr):
-        return reads_columns(key.left) or reads_columns(key.right)
-    if isinstance(key, SearchAnd):
-        return any(reads_columns(item) for item in key.keys)
-    return False
+    return any(isinstance(leaf, SearchFlag | SearchSize | SearchModseq)
+               or (isinstance(leaf, SearchDate) and not leaf.sent)
+               for leaf in leaves(key))
 
 
 def required_words(key: SearchKey) -> list[str]:
