@@ -31,7 +31,7 @@ test: install system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install
-	$(BIN)/ruff check beep_mail tests
+	$(BIN)/ruff check beep_mail tests bench
 
 typecheck: install
 	$(BIN)/mypy

@@ -15,19 +15,19 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.utils import format_datetime
-from datetime import datetime, timezone
 
 from sqlalchemy import Engine
 
 from beep_mail import logs
 from beep_mail.archive import journal
-from beep_mail.crypto.openpgp import PublicKey
 from beep_mail.config import Settings
+from beep_mail.crypto.openpgp import PublicKey
 from beep_mail.policy.routing import DomainTable
 from beep_mail.protection import Protected, Stage
-from beep_mail.store import accounts, audit
 from beep_mail.smtp.content import check_line_endings, check_structure
+from beep_mail.store import accounts, audit
 from beep_mail.store import queue as queue_store
 from beep_mail.store.engine import Database
 
@@ -168,7 +168,7 @@ class Pipeline:
         For submissions it names neither the officer's address nor the
         client's IP: peers need the path between gateways, not who sat where.
         """
-        when = format_datetime(datetime.now(timezone.utc))
+        when = format_datetime(datetime.now(UTC))
         host = self.settings.site.hostname
         helo = _printable(incoming.helo)[:100] or "unknown"
         if incoming.role == "submission":

@@ -288,7 +288,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         _imap_panel(axes[0][-1], imap)
     styles = {"gateway": ("tab:blue", "o", "-"), "sink": ("tab:gray", "s", "--"),
               "postfix": ("tab:orange", "^", ":")}
-    for axis, size in zip(axes[0], sizes):
+    for axis, size in zip(axes[0], sizes, strict=False):
         rows = sorted((r for r in results["smtp"] if r["size"] == size),
                       key=lambda r: r["clients"])
         for key, name in SYSTEMS:

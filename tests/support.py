@@ -19,7 +19,6 @@ from typing import Any
 
 import trustme
 from aiosmtpd.smtp import SMTP as AioSMTP
-
 from sqlalchemy import select
 
 from beep_mail import config, keyring, vault

@@ -273,7 +273,7 @@ def database_values(engine: Engine) -> Iterator[tuple[str, bytes]]:
             result = connection.exec_driver_sql(f'SELECT * FROM "{table}"')
             columns = list(result.keys())
             for row in result:
-                for column, value in zip(columns, row):
+                for column, value in zip(columns, row, strict=True):
                     if value is None:
                         continue
                     if isinstance(value, (bytes, bytearray, memoryview)):

@@ -24,7 +24,8 @@ URDU = "سلام، یہ ایک خفیہ پیغام ہے".encode()
 
 def sq(*args: str, data: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     assert SQ is not None
-    return subprocess.run([SQ, *args], input=data, capture_output=True, timeout=60)
+    return subprocess.run([SQ, *args], input=data, capture_output=True, timeout=60,
+                          check=False)
 
 
 @pytest.fixture(scope="module")

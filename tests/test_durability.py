@@ -13,8 +13,16 @@ from sqlalchemy import func, select
 
 from beep_mail.store import queue as queue_store
 from beep_mail.store.tables import mailbox_entries
-from tests.support import (PEER, peer_secret, GatewayProcess, NextHop, Site, message, submit,
-                           wait_for)
+from tests.support import (
+    PEER,
+    GatewayProcess,
+    NextHop,
+    Site,
+    message,
+    peer_secret,
+    submit,
+    wait_for,
+)
 
 
 def _inbox_count(site: Site) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import select
 
 from beep_mail.store import accounts, mailstore
 from beep_mail.store import queue as queue_store

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+from pathlib import Path
 
 from sqlalchemy import select
 
 from beep_mail.archive.verify import verify_archive
 from beep_mail.store.tables import archive_entries
-
-from beep_mail.store.accounts import find_user
-from beep_mail.store.tables import mailbox_entries
-from tests.support import LOCAL, PEER, GatewayThread, Site, make_site, message, submit, wait_for
+from tests.support import (
+    LOCAL,
+    PEER,
+    GatewayThread,
+    Site,
+    make_site,
+    message,
+    submit,
+    wait_for,
+)
 
 
 def _inbox(site: Site, address: str) -> list[bytes]:

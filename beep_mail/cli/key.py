@@ -573,7 +573,7 @@ def _plan(
 
     if pin:
         # Pinning two keys to one owner would keep whichever came last.
-        for _, key, who in plan:
+        for _, _, who in plan:
             others = {k.fingerprint for _, k, o in plan if o == who}
             if len(others) > 1:
                 raise CLIError(

@@ -21,8 +21,7 @@ import typer
 from typer.core import TyperGroup
 
 from beep_mail import config
-from beep_mail.cli import domain, queue, template, user
-from beep_mail.cli import archive
+from beep_mail.cli import archive, domain, queue, template, user
 from beep_mail.cli import audit as audit_cli
 from beep_mail.cli import key as key_cli
 from beep_mail.cli.common import (
@@ -41,19 +40,19 @@ from beep_mail.cli.common import (
     transaction,
 )
 from beep_mail.config import ConfigError, Settings
+
+# Errors meant for people: their message is shown as it is.
+from beep_mail.crypto.openpgp import OpenPGPError
 from beep_mail.crypto.passwords import PasswordPolicyError
+from beep_mail.keyring import KeyringError
 from beep_mail.policy.address import AddressError, normalise_domain
 from beep_mail.store import accounts, audit
 from beep_mail.store import queue as store_queue
 from beep_mail.store.accounts import AccountError
 from beep_mail.store.engine import StoreError, translated
+from beep_mail.store.keys import KeyStoreError
 from beep_mail.store.queue import QueueError
-
-# Errors meant for people: their message is shown as it is.
-from beep_mail.crypto.openpgp import OpenPGPError  # noqa: E402
-from beep_mail.keyring import KeyringError  # noqa: E402
-from beep_mail.store.keys import KeyStoreError  # noqa: E402
-from beep_mail.vault import VaultError  # noqa: E402
+from beep_mail.vault import VaultError
 
 DOMAIN_ERRORS: tuple[type[Exception], ...] = (
     ConfigError,

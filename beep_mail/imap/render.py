@@ -51,12 +51,12 @@ import binascii
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import NamedTuple
 from datetime import UTC, datetime
 from email.errors import HeaderParseError
 from email.header import decode_header
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
+from typing import NamedTuple
 
 __all__ = ["MAX_DEPTH", "MAX_PARTS", "Message", "partial", "quote"]
 

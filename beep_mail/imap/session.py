@@ -35,10 +35,11 @@ from enum import Enum
 from beep_mail import logs, vault
 from beep_mail.crypto.openpgp import IntegrityError, OpenPGPError
 from beep_mail.imap import index, render
-from beep_mail.imap.summary import Summary, SummaryError, build as build_summary
 from beep_mail.imap.errors import Bad, Bye, ServerBug
 from beep_mail.imap.hub import Hub
 from beep_mail.imap.parser import SequenceSet, in_ranges
+from beep_mail.imap.summary import Summary, SummaryError
+from beep_mail.imap.summary import build as build_summary
 from beep_mail.store import mailstore
 from beep_mail.store.engine import Database
 
@@ -272,11 +273,11 @@ class Session:
     def _report_removed(self, selected: Selected, now: Container[int]) -> list[bytes]:
         lines: list[bytes] = []
         kept: list[int] = []
-        for index, uid in enumerate(selected.uids):
+        for position, uid in enumerate(selected.uids):
             if uid in now:
                 kept.append(uid)
             else:
-                lines.append(b"* %d EXPUNGE\r\n" % (index + 1 - len(lines)))
+                lines.append(b"* %d EXPUNGE\r\n" % (position + 1 - len(lines)))
                 selected.flags.pop(uid, None)
                 selected.modseqs.pop(uid, None)
         selected.uids = kept
@@ -286,7 +287,7 @@ class Session:
     def _report_flags(self, selected: Selected,
                       now: dict[int, tuple[str, int]]) -> list[bytes]:
         lines: list[bytes] = []
-        for index, uid in enumerate(selected.uids):
+        for position, uid in enumerate(selected.uids):
             found = now.get(uid)
             if found is None:
                 continue
@@ -297,7 +298,7 @@ class Session:
             selected.flags[uid] = flags
             selected.modseqs[uid] = modseq
             lines.append(b"* %d FETCH (UID %d FLAGS %s%s)\r\n"
-                         % (index + 1, uid, flag_list(flags), self.modseq_item(modseq)))
+                         % (position + 1, uid, flag_list(flags), self.modseq_item(modseq)))
         return lines
 
     def modseq_item(self, modseq: int) -> bytes:

@@ -74,9 +74,7 @@ def covers(items: tuple[FetchItem, ...], summary: Summary | None = None) -> bool
                 return False
             if summary is not None and summary.header is None:
                 return False
-        elif item.name not in _ITEMS:
-            return False
-        elif (item.name == "RFC822.HEADER" and summary is not None
+        elif item.name not in _ITEMS or (item.name == "RFC822.HEADER" and summary is not None
               and summary.header is None):
             return False
     return True
@@ -85,7 +83,7 @@ def covers(items: tuple[FetchItem, ...], summary: Summary | None = None) -> bool
 class Summary:
     """A parsed summary, answering like `render.Message` for what it keeps."""
 
-    __slots__ = ("_envelope", "_head", "_structure", "_body", "header", "sent_day")
+    __slots__ = ("_body", "_envelope", "_head", "_structure", "header", "sent_day")
 
     def __init__(self, data: bytes) -> None:
         try:

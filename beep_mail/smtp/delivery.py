@@ -23,8 +23,8 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from datetime import datetime, timezone
 from typing import Any
 
 import aiosmtplib
@@ -130,7 +130,7 @@ class DeliveryAgent:
             try:
                 await asyncio.wait_for(self.wake.wait(),
                                        self.settings.delivery.poll_interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _done(self, task: asyncio.Task[None]) -> None:
@@ -197,14 +197,14 @@ class DeliveryAgent:
         except StoreError as error:
             # The lease runs out and the rows come back; nothing to settle now.
             logs.event(log, "attempt-failed", logging.WARNING, reason=str(error))
-        except Exception as error:  # noqa: BLE001 - an unclassified error is temporary
+        except Exception as error:
             log.error("event=attempt-crash conn=- msg=%s error=%s", first.message_id,
                       type(error).__name__, exc_info=error)
             outcome = Outcome("temporary", "4.3.0",
                               f"local error: {type(error).__name__}")
             try:
                 await self._settle(rows, _all(rows, outcome), remote_copy or b"")
-            except Exception:  # noqa: BLE001 - the lease will bring the rows back
+            except Exception:
                 log.exception("event=settle-failed msg=%s", first.message_id)
         finally:
             logs.message_id.reset(token)
@@ -300,7 +300,7 @@ class DeliveryAgent:
         )
         try:
             await asyncio.wait_for(client.connect(), settings.connect_timeout)
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as error:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as error:
             return _all(rows, Outcome("temporary", "4.4.1",
                                       f"cannot connect to {relay}: {_why(error)}", relay))
         try:
@@ -320,7 +320,7 @@ class DeliveryAgent:
         finally:
             try:
                 await asyncio.wait_for(client.quit(), 5)
-            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            except (TimeoutError, aiosmtplib.SMTPException, OSError):
                 client.close()
 
     async def _secure(self, client: aiosmtplib.SMTP, hop: NextHop, tls_policy: str,
@@ -427,7 +427,7 @@ class DeliveryAgent:
             reporting_mta=site.hostname, postmaster=f"postmaster@{site.domain}",
             original_sender=sender, original_message_id=_message_id(headers),
             queue_id=row.message_id,
-            arrival_date=datetime.fromtimestamp(row.received_at, timezone.utc),
+            arrival_date=datetime.fromtimestamp(row.received_at, UTC),
             recipients=[FailedRecipient(
                 address=row.recipient, status=outcome.status,
                 diagnostic=f"smtp; {outcome.reply}",

@@ -19,20 +19,20 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, AuthResult, Envelope, LoginPassword, Session
 
 from beep_mail import logs
+from beep_mail.archive.journal import ArchiveError
 from beep_mail.config import Settings
+from beep_mail.crypto.openpgp import OpenPGPError
 from beep_mail.crypto.passwords import Passwords
+from beep_mail.crypto.pgpmime import PGPMIMEError
+from beep_mail.keyring import KeyringError
 from beep_mail.pipeline import Incoming, Pipeline
 from beep_mail.policy.address import Address, AddressError, parse_envelope_address
 from beep_mail.policy.routing import DomainTable, Route
+from beep_mail.protection import Refused, recipient_key_state
 from beep_mail.smtp import replies
 from beep_mail.smtp.content import ContentError
 from beep_mail.smtp.replies import Reply
 from beep_mail.smtp.throttle import Throttle
-from beep_mail.archive.journal import ArchiveError
-from beep_mail.crypto.openpgp import OpenPGPError
-from beep_mail.crypto.pgpmime import PGPMIMEError
-from beep_mail.keyring import KeyringError
-from beep_mail.protection import Refused, recipient_key_state
 from beep_mail.store import accounts, audit
 from beep_mail.store.engine import Database, StoreError, StoreFull
 from beep_mail.store.queue import NewRecipient

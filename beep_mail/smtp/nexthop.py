@@ -54,7 +54,8 @@ async def resolve(domain: str, configured: str | None) -> list[NextHop]:
         try:
             return [parse_next_hop(configured)]
         except ValueError as error:
-            raise NextHopError("temporary", "4.3.5", f"bad next hop setting: {error}")
+            raise NextHopError("temporary", "4.3.5",
+                               f"bad next hop setting: {error}") from error
     return await _mx(domain)
 
 
@@ -62,12 +63,12 @@ async def _mx(domain: str) -> list[NextHop]:
     try:
         answer = await dns.asyncresolver.resolve(domain, dns.rdatatype.MX, lifetime=15)
     except dns.resolver.NXDOMAIN:
-        raise NextHopError("permanent", "5.1.2", f"the domain {domain} does not exist")
+        raise NextHopError("permanent", "5.1.2", f"the domain {domain} does not exist") from None
     except dns.resolver.NoAnswer:
         return [NextHop(domain, SMTP_PORT)]
     except dns.exception.DNSException as error:
         raise NextHopError("temporary", "4.4.3",
-                           f"DNS lookup for {domain} failed: {type(error).__name__}")
+                           f"DNS lookup for {domain} failed: {type(error).__name__}") from error
     records = sorted(answer, key=lambda r: r.preference)
     hosts = [str(r.exchange).rstrip(".") for r in records]
     if hosts == [""]:

@@ -148,6 +148,5 @@ def rewrite(line: str, **values: object) -> str:
     if not status or code in (220, 334, 354):
         return line
     text = line[4:]
-    if text.startswith("Error: "):
-        text = text[len("Error: ") :]
+    text = text.removeprefix("Error: ")
     return f"{line[:3]}{line[3]}{status} {text}"

@@ -195,7 +195,7 @@ class Listener:
         """Wait for open sessions to end, up to `grace` seconds, then close the rest."""
         try:
             await asyncio.wait_for(self.limits.idle.wait(), grace)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             for session in list(self.limits.sessions):
                 await session.say_goodbye()
         if self.server is not None:

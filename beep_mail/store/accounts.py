@@ -7,8 +7,16 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
-from beep_mail.store.tables import (domains, keys, mailbox_entries, mailbox_keys,
-                                    mailboxes, queue, search_chunks, users)
+from beep_mail.store.tables import (
+    domains,
+    keys,
+    mailbox_entries,
+    mailbox_keys,
+    mailboxes,
+    queue,
+    search_chunks,
+    users,
+)
 
 # The folders every user has, with their RFC 6154 special-use flags.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (

@@ -327,7 +327,7 @@ def rename_mailbox(engine: Engine, user_id: int, old: str, new: str) -> None:
         _create_superiors(connection, user_id, new)
         connection.execute(update(mailboxes).where(mailboxes.c.id == box.id)
                            .values(name=new))
-        for (box_id, _), target in zip(inferiors, targets):
+        for (box_id, _), target in zip(inferiors, targets, strict=True):
             connection.execute(update(mailboxes).where(mailboxes.c.id == box_id)
                                .values(name=target))
 
@@ -557,7 +557,7 @@ def copy(engine: Engine, user_id: int, mailbox_id: int, uids: Sequence[int],
         if target.id == mailbox_id and move:
             raise MailboxRefused("A message cannot be moved to the mailbox it is in")
         new = list(range(first, first + len(present)))
-        for old_uid, new_uid in zip(present, new):
+        for old_uid, new_uid in zip(present, new, strict=True):
             source = and_(_entries_of(user_id, mailbox_id),
                           mailbox_entries.c.uid == old_uid)
             if move:

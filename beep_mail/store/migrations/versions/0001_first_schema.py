@@ -1,26 +1,25 @@
 """first schema
 
 Revision ID: 0001
-Revises: 
+Revises:
 
 
 """
-from typing import Sequence, Union
+from collections.abc import Sequence
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = '0001'
-down_revision: Union[str, Sequence[str], None] = None
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | Sequence[str] | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
     """Upgrade schema."""
-    
+
     op.create_table('audit_events',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('at', sa.Float(), nullable=False),
@@ -119,12 +118,12 @@ def upgrade() -> None:
     sa.UniqueConstraint('mailbox_id', 'uid'),
     sa.UniqueConstraint('user_id', 'delivery_key')
     )
-    
+
 
 
 def downgrade() -> None:
     """Downgrade schema."""
-    
+
     op.drop_table('mailbox_entries')
     with op.batch_alter_table('queue', schema=None) as batch_op:
         batch_op.drop_index('ix_queue_message')
@@ -136,4 +135,4 @@ def downgrade() -> None:
     op.drop_table('messages')
     op.drop_table('domains')
     op.drop_table('audit_events')
-    
+

@@ -5,22 +5,21 @@ Revises: 0001
 
 
 """
-from typing import Sequence, Union
+from collections.abc import Sequence
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = '0002'
-down_revision: Union[str, Sequence[str], None] = '0001'
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | Sequence[str] | None = '0001'
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
     """Upgrade schema."""
-    
+
     op.create_table('keys',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('kind', sa.String(length=10), nullable=False),
@@ -53,12 +52,12 @@ def upgrade() -> None:
         batch_op.alter_column('uidvalidity', existing_type=sa.Integer(),
                               type_=sa.BigInteger(), existing_nullable=False)
 
-    
+
 
 
 def downgrade() -> None:
     """Downgrade schema."""
-    
+
     with op.batch_alter_table('mailboxes', schema=None) as batch_op:
         batch_op.alter_column('uidvalidity', existing_type=sa.BigInteger(),
                               type_=sa.Integer(), existing_nullable=False)
@@ -70,4 +69,4 @@ def downgrade() -> None:
         batch_op.drop_index('ix_keys_owner')
 
     op.drop_table('keys')
-    
+

@@ -5,22 +5,21 @@ Revises: 0002
 
 
 """
-from typing import Sequence, Union
+from collections.abc import Sequence
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = '0003'
-down_revision: Union[str, Sequence[str], None] = '0002'
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | Sequence[str] | None = '0002'
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
     """Upgrade schema."""
-    
+
     op.create_table('archive_checkpoints',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('at', sa.Float(), nullable=False),
@@ -55,16 +54,16 @@ def upgrade() -> None:
         batch_op.create_index('ix_archive_at', ['at'], unique=False)
         batch_op.create_index('ix_archive_message_id', ['message_id_header'], unique=False)
 
-    
+
 
 
 def downgrade() -> None:
     """Downgrade schema."""
-    
+
     with op.batch_alter_table('archive_entries', schema=None) as batch_op:
         batch_op.drop_index('ix_archive_message_id')
         batch_op.drop_index('ix_archive_at')
 
     op.drop_table('archive_entries')
     op.drop_table('archive_checkpoints')
-    
+
