@@ -132,6 +132,16 @@ def test_armor_has_64_columns_and_the_checksum_line() -> None:
     assert openpgp._crc24(b"123456789") == 0x21CF02  # CRC-24/OpenPGP check value
 
 
+def test_armor_with_crlf_over_many_blocks_keeps_64_columns() -> None:
+    data = os.urandom(3 * openpgp._ARMOR_BLOCK + 1000)
+    armored = openpgp.armor(data, "MESSAGE", newline=b"\r\n")
+    assert armored.count(b"\n") == armored.count(b"\r\n")
+    lines = armored.decode().split("\r\n")
+    assert lines[-1] == "" and lines[-2] == "-----END PGP MESSAGE-----"
+    assert all(len(line) == 64 for line in lines[2:-4]) and 0 < len(lines[-4]) <= 64
+    assert openpgp.dearmor(armored) == data
+
+
 def test_dearmor_reads_headers_crlf_and_several_blocks() -> None:
     first, second = b"first block", b"second block"
     text = (openpgp.armor(first, "PUBLIC KEY BLOCK").decode()

@@ -575,6 +575,31 @@ def test_gnupg_decrypts_and_verifies_what_we_send(
     assert _split(result.stdout)[1] == _split(MESSAGES[kind]())[1]
 
 
+def test_gnupg_reads_a_message_of_many_armour_blocks(
+    gateways: dict[str, Gateways], gpg: GPG
+) -> None:
+    """The armour is written a block at a time: GnuPG reads it whole, and the
+    message comes out byte for byte."""
+    pair = gateways["curve25519"]
+    gpg.import_key(pair.peer_secret.armored)
+    gpg.import_key(pair.ours.public.armored)
+    data = random.Random(11).randbytes(600 * 1024)
+    message = (
+        b"From: Officer One <" + OUR_ADDRESS.encode() + b">\r\n"
+        b"To: <" + PEER_ADDRESS.encode() + b">\r\nSubject: many blocks\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes(data).replace(b"\n", b"\r\n")
+    )
+    wire = protect(message, [pair.peer.public], pair.ours)
+    assert wire.count(b"\n") == wire.count(b"\r\n")
+
+    result = gpg.run("--passphrase", PASSPHRASE, "--decrypt",
+                     input=_encrypted_part(wire), check=False)
+    assert result.has("DECRYPTION_OKAY") and result.has("GOODSIG"), result.stderr
+    assert _split(result.stdout)[1] == _split(message)[1]
+
+
 # --- we read what GnuPG sends -----------------------------------------------------
 
 

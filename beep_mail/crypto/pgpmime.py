@@ -144,7 +144,13 @@ class _Field:
 
 
 def _split_entity(data: bytes) -> tuple[list[_Field], bytes]:
-    """Split an entity into its header fields and its body.
+    """Split an entity into its header fields and its body (see `_split_at`)."""
+    fields, start = _split_at(data)
+    return fields, data[start:]
+
+
+def _split_at(data: bytes) -> tuple[list[_Field], int]:
+    """Split an entity into its header fields and where its body starts.
 
     The header ends at the first empty line, or, as the stdlib parser reads it,
     at the first line that is neither a field nor a continuation; that line then
@@ -155,12 +161,12 @@ def _split_entity(data: bytes) -> tuple[list[_Field], bytes]:
     """
     fields: list[tuple[str, list[bytes]]] = []  # lines joined once, at the end
     position = _next_line(data, 0) if data.startswith(b"From ") else 0
-    body = b""
+    start = len(data)
     while position < len(data):
         end = _next_line(data, position)
         line = data[position:end]
         if line in (b"\r\n", b"\n"):
-            body = data[end:]
+            start = end
             break
         if line[:1] in (b" ", b"\t"):
             if fields:  # a continuation before any field is skipped, as stdlib does
@@ -169,12 +175,12 @@ def _split_entity(data: bytes) -> tuple[list[_Field], bytes]:
             continue
         match = _FIELD_START.match(line)
         if match is None:
-            body = data[position:]
+            start = position
             break
         name = match.group(1)
         fields.append((name.decode("ascii"), [name + b":" + line[match.end() :]]))
         position = end
-    return [_Field(name, b"".join(lines)) for name, lines in fields], body
+    return [_Field(name, b"".join(lines)) for name, lines in fields], start
 
 
 def _next_line(data: bytes, position: int) -> int:
@@ -301,17 +307,23 @@ def protect(
     """
     if not recipients:
         raise PGPMIMEError("A protected message needs at least one recipient key.")
-    fields, body = _split_entity(_canonical(message))
+    canonical = _canonical(message)
+    fields, start = _split_at(canonical)
     _content_type(fields)  # refuses two Content-Type fields
 
     trace = [field.raw for field in fields if field.key in _TRACE]
     outer = _outer_fields(fields)
-    payload = _payload(fields, body, outer)
+    # A large message is copied as few times as it can be: the body goes into
+    # the payload straight from the message, the armour comes with CRLF.
+    payload = _payload(fields, memoryview(canonical)[start:], outer)
+    del canonical
 
     try:
-        armored = openpgp.encrypt(payload, recipients, signer=signer, armor=True)
+        armored = openpgp.encrypt(payload, recipients, signer=signer, armor=True,
+                                  newline=b"\r\n")
     except openpgp.OpenPGPError as error:
         raise PGPMIMEError(str(error)) from error
+    del payload
     return _render_encrypted(trace + outer, armored)
 
 
@@ -362,7 +374,8 @@ def _unwritable(field: _Field) -> PGPMIMEError:
     )
 
 
-def _payload(fields: Sequence[_Field], body: bytes, outer: Sequence[bytes]) -> bytes:
+def _payload(fields: Sequence[_Field], body: bytes | memoryview,
+             outer: Sequence[bytes]) -> bytes:
     """Build the Cryptographic Payload: original fields, hp="cipher", HP-Outer."""
     header: list[bytes] = []
     for field in fields:
@@ -377,7 +390,7 @@ def _payload(fields: Sequence[_Field], body: bytes, outer: Sequence[bytes]) -> b
         header.append(b'Content-Type: text/plain; charset="us-ascii"; hp="cipher"\r\n')
 
     header.extend(b"HP-Outer: " + raw for raw in outer)
-    return b"".join(header) + b"\r\n" + body
+    return b"".join([*header, b"\r\n", body])
 
 
 def _with_hp(field: _Field) -> bytes:
@@ -392,7 +405,7 @@ def _render_encrypted(header: Sequence[bytes], armored: bytes) -> bytes:
     # "=_" never occurs in base64, so no armour line can look like a delimiter.
     boundary = b"=_beepmail_" + secrets.token_hex(16).encode("ascii")
     delimiter = b"--" + boundary + b"\r\n"
-    armor = _canonical(armored).rstrip(b"\r\n") + b"\r\n"
+    armor = armored if armored.endswith(b"\r\n") else _canonical(armored).rstrip() + b"\r\n"
     return b"".join(
         [
             *header,
