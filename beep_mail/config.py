@@ -98,6 +98,11 @@ class SMTPSettings(_Section):
         20, gt=0, description="Sessions at once from one client address."
     )
     max_mime_depth: int = Field(50, gt=0, description="Nesting levels of multiparts.")
+    accepting_bytes: int = Field(
+        32 * 1024 * 1024, gt=0,
+        description="Octets of messages checked, encrypted and committed at once; "
+        "others wait their turn (one larger message goes alone).",
+    )
     timeout: float = Field(300.0, gt=0, description="Seconds of client silence.")
     auth_max_failures: int = Field(
         5, gt=0, description="Failed AUTHs before an account or address is throttled."

@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 
 from beep_mail import logs
 from beep_mail.archive import journal
+from beep_mail.budget import ByteBudget
 from beep_mail.config import Settings
 from beep_mail.crypto.openpgp import PublicKey
 from beep_mail.policy.routing import DomainTable
@@ -70,14 +71,20 @@ class Pipeline:
         self.settings = settings
         self.stage = stage
         self.on_queued = on_queued or (lambda: None)
+        self.budget = ByteBudget(settings.smtp.accepting_bytes)
 
     async def accept(self, incoming: Incoming) -> str:
         """Check and durably queue the message; return its queue id.
 
         Raises ContentError for a malformed message, protection.Refused when
         the OpenPGP policy refuses it, and StoreError when the store cannot
-        take it; in every case nothing was committed.
+        take it; in every case nothing was committed. Waits first while
+        other messages hold the budget of octets being accepted.
         """
+        async with self.budget.hold(len(incoming.content)):
+            return await self._accept(incoming)
+
+    async def _accept(self, incoming: Incoming) -> str:
         check_line_endings(incoming.content)
         info = check_structure(incoming.content,
                                max_depth=self.settings.smtp.max_mime_depth)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import aiosmtplib
 import pytest
@@ -206,3 +207,24 @@ def test_swaks_stock_client(sqlite_site: Site, mechanism: str) -> None:
         assert "250 2.0.0 Accepted, queued as" in done.stdout
         got = wait_for(lambda: inbox(site, carol), what="swaks message delivered")
     assert b"Subject: from swaks" in got[0]
+
+
+def test_messages_over_the_accepting_budget_wait_and_all_arrive(site: Site) -> None:
+    """Four clients send at once, each message larger than the whole budget of
+    octets being accepted: each goes alone, none is refused or lost."""
+    alice, carol = site.add_user("alice"), site.add_user("carol")
+    settings = site.settings(BEEPMAIL_SMTP__ACCEPTING_BYTES="20000")
+    assert settings.smtp.accepting_bytes == 20000
+    line = "budget " * 10 + "\r\n"
+    letters = [message(alice, carol, subject=f"large {n}", body=line * 600)
+               for n in range(4)]
+    assert all(len(letter) > 20000 for letter in letters)
+    with GatewayThread(settings) as gateway:
+        with ThreadPoolExecutor(4) as pool:
+            refused = list(pool.map(
+                lambda letter: submit(site, gateway.submission, alice, [carol], letter),
+                letters))
+        assert refused == [{}, {}, {}, {}]
+        got = wait_for(lambda: len(inbox(site, carol)) == 4 and inbox(site, carol),
+                       what="four local deliveries")
+    assert sorted(m.count(b"budget") for m in got) == [6000] * 4
