@@ -182,13 +182,18 @@ def row_hash(row: Any, *, seq: int | None = None) -> str:
     )
 
 
+# Statements of every accepted message, built once (see store/keys.py).
+_HEAD = (
+    select(archive_entries.c.seq, archive_entries.c.hash)
+    .order_by(archive_entries.c.seq.desc())
+    .limit(1)
+)
+_INSERT_ENTRY = archive_entries.insert()
+
+
 def head(connection: Connection) -> tuple[int, str]:
     """(sequence number of the last entry, its hash); (0, GENESIS) when empty."""
-    last = connection.execute(
-        select(archive_entries.c.seq, archive_entries.c.hash)
-        .order_by(archive_entries.c.seq.desc())
-        .limit(1)
-    ).first()
+    last = connection.execute(_HEAD).first()
     return (0, GENESIS) if last is None else (int(last.seq), str(last.hash))
 
 
@@ -233,22 +238,23 @@ def append(
         sealed.content_sha256,
     )
     connection.execute(
-        archive_entries.insert().values(
-            seq=seq,
-            at=at,
-            direction=direction,
-            queue_id=queue_id,
-            mail_from=mail_from,
-            recipients=recipients_json,
-            message_id_header=message_id,
-            size=sealed.size,
-            sha256=sealed.sha256,
-            decision=decision,
-            content=sealed.ciphertext,
-            content_sha256=sealed.content_sha256,
-            retain_until=retain_until,
-            prev_hash=prev_hash,
-            hash=digest,
-        )
+        _INSERT_ENTRY,
+        {
+            "seq": seq,
+            "at": at,
+            "direction": direction,
+            "queue_id": queue_id,
+            "mail_from": mail_from,
+            "recipients": recipients_json,
+            "message_id_header": message_id,
+            "size": sealed.size,
+            "sha256": sealed.sha256,
+            "decision": decision,
+            "content": sealed.ciphertext,
+            "content_sha256": sealed.content_sha256,
+            "retain_until": retain_until,
+            "prev_hash": prev_hash,
+            "hash": digest,
+        },
     )
     return seq

@@ -159,8 +159,11 @@ def list_domains(engine: Engine) -> list[DomainRecord]:
         return load_domains(connection)
 
 
+_ALL_DOMAINS = select(domains).order_by(domains.c.name)  # read for every message
+
+
 def load_domains(connection: Connection) -> list[DomainRecord]:
-    rows = connection.execute(select(domains).order_by(domains.c.name)).all()
+    rows = connection.execute(_ALL_DOMAINS).all()
     return [_domain(row) for row in rows]
 
 

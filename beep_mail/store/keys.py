@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 
 from beep_mail.store.tables import keys, mailbox_keys
 
@@ -84,13 +84,21 @@ def find_fingerprint(connection: Connection, fingerprint: str, *,
     return _record(row) if row else None
 
 
+# Built once: every message asks for keys several times (the recipient's at
+# RCPT and again at DATA, the records key), and building the statement cost
+# more than running it.
+_KEYS_OF = (select(keys)
+            .where(keys.c.kind == bindparam("kind"), keys.c.owner == bindparam("owner"),
+                   keys.c.state.in_(bindparam("states", expanding=True)))
+            .order_by(keys.c.id.desc()))
+
+
 def keys_of(connection: Connection, kind: str, owner: str,
             states: tuple[str, ...] = ("active",)) -> list[KeyRecord]:
     """Keys of one owner, newest first."""
-    query = (select(keys).where(keys.c.kind == kind, keys.c.owner == owner,
-                                keys.c.state.in_(states))
-             .order_by(keys.c.id.desc()))
-    return [_record(row) for row in connection.execute(query)]
+    found = connection.execute(_KEYS_OF, {"kind": kind, "owner": owner,
+                                          "states": list(states)})
+    return [_record(row) for row in found]
 
 
 def active_key(connection: Connection, kind: str, owner: str) -> KeyRecord | None:

@@ -80,6 +80,11 @@ def new_message_id() -> str:
     return secrets.token_hex(6).upper()
 
 
+# Built once: every accepted message runs them (see store/keys.py).
+_INSERT_MESSAGE = messages.insert()
+_INSERT_QUEUE = queue.insert()
+
+
 def accept(connection: Connection, *, message_id: str, direction: str, mail_from: str,
            content: bytes | None, recipients: Sequence[NewRecipient], lifetime: float,
            message_id_header: str | None = None, transfer_id: str | None = None,
@@ -96,13 +101,13 @@ def accept(connection: Connection, *, message_id: str, direction: str, mail_from
     now = time.time()
     if size is None:
         size = len(content or local_content or b"")
-    connection.execute(messages.insert().values(
-        id=message_id, received_at=now, direction=direction, mail_from=mail_from,
-        size=size, message_id_header=message_id_header,
-        transfer_id=transfer_id, auth_user=auth_user, client_addr=client_addr,
-        content=content, local_content=local_content, held_content=held_content,
-    ))
-    connection.execute(queue.insert(), [
+    connection.execute(_INSERT_MESSAGE, {
+        "id": message_id, "received_at": now, "direction": direction,
+        "mail_from": mail_from, "size": size, "message_id_header": message_id_header,
+        "transfer_id": transfer_id, "auth_user": auth_user, "client_addr": client_addr,
+        "content": content, "local_content": local_content, "held_content": held_content,
+    })
+    connection.execute(_INSERT_QUEUE, [
         dict(message_id=message_id, recipient=rcpt.address, domain=rcpt.domain,
              route=rcpt.route,
              state="held" if hold or rcpt.address in held else "queued", attempts=0,
