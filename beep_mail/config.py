@@ -168,6 +168,13 @@ class DeliverySettings(_Section):
         5 * 24 * 3600.0, gt=0, description="Seconds before an undelivered message bounces."
     )
     connect_timeout: float = Field(30.0, gt=0, description="Seconds to connect.")
+    reuse_idle_time: float = Field(
+        2.0, ge=0, description="Seconds a session to a next hop waits, idle, for the "
+        "next message to it (0: one session per delivery)."
+    )
+    reuse_limit: int = Field(
+        100, gt=0, description="Messages one session to a next hop carries at most."
+    )
     timeout: float = Field(120.0, gt=0, description="Seconds per SMTP command.")
     ca_file: Path | None = Field(
         None, description="Extra CA certificates trusted for next hops (private PKI)."

@@ -286,8 +286,31 @@ class ScriptedHandler:
         return reply
 
 
+class _CountedSMTP(AioSMTP):
+    """aiosmtpd's server, telling its next hop when a connection comes and goes."""
+
+    def __init__(self, hop: NextHop, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hop = hop
+
+    def connection_made(self, transport: Any) -> None:
+        if self not in self.hop.open:  # STARTTLS makes it again, over TLS
+            self.hop.connections += 1
+            self.hop.open.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.hop.open.discard(self)
+        super().connection_lost(error)
+
+
 class NextHop:
-    """An SMTP server on port 0 with a certificate from the test CA."""
+    """An SMTP server on port 0 with a certificate from the test CA.
+
+    `connections` counts the connections it was given, `open` holds the ones
+    still open, and `drop()` cuts them all, as a server that times out idle
+    clients would.
+    """
 
     def __init__(self, script: list[str], tls: bool = True) -> None:
         self.handler = ScriptedHandler(script)
@@ -298,6 +321,8 @@ class NextHop:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.port = 0
+        self.connections = 0
+        self.open: set[_CountedSMTP] = set()
 
     def __enter__(self) -> NextHop:
         self.thread.start()
@@ -306,8 +331,8 @@ class NextHop:
 
     async def _start(self) -> int:
         def factory() -> AioSMTP:
-            return AioSMTP(self.handler, hostname="localhost",
-                           tls_context=self.context if self.tls else None)
+            return _CountedSMTP(self, self.handler, hostname="localhost",
+                                tls_context=self.context if self.tls else None)
         self.server = await self.loop.create_server(factory, "127.0.0.1", 0)
         return int(self.server.sockets[0].getsockname()[1])
 
@@ -325,6 +350,14 @@ class NextHop:
     @property
     def address(self) -> str:
         return f"localhost:{self.port}"
+
+    def drop(self) -> None:
+        """Cut every open connection without a word."""
+        def cut() -> None:
+            for server in list(self.open):
+                if server.transport is not None:
+                    server.transport.abort()
+        self.loop.call_soon_threadsafe(cut)
 
 
 class SilentHop:

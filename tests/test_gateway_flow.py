@@ -228,3 +228,83 @@ def test_messages_over_the_accepting_budget_wait_and_all_arrive(site: Site) -> N
         got = wait_for(lambda: len(inbox(site, carol)) == 4 and inbox(site, carol),
                        what="four local deliveries")
     assert sorted(m.count(b"budget") for m in got) == [6000] * 4
+
+
+# -- sessions to a next hop, kept for the next message ----------------------------
+
+
+def _deliver_in_turn(site: Site, gateway: GatewayThread, sender: str, count: int,
+                     already: int = 0) -> None:
+    """Submit `count` messages one after the other, each delivered before the next."""
+    for n in range(already + 1, already + count + 1):
+        submit(site, gateway.submission, sender, [f"bob@{PEER}"],
+               message(sender, f"bob@{PEER}", body=f"message {n}"))
+        wait_for(lambda n=n: states(site).get("delivered", 0) == n,
+                 what=f"{n} delivered")
+
+
+def _peer_hop(site: Site, hop: NextHop) -> None:
+    site.allow(PEER, next_hop=hop.address, tls="required")
+    site.trust(PEER, peer_secret().public)
+
+
+def test_a_session_to_the_next_hop_carries_the_next_messages(site: Site) -> None:
+    alice = site.add_user("alice")
+    with NextHop(["250 2.0.0 ok"]) as hop:
+        _peer_hop(site, hop)
+        settings = site.settings(BEEPMAIL_DELIVERY__REUSE_IDLE_TIME="30")
+        with GatewayThread(settings) as gateway:
+            _deliver_in_turn(site, gateway, alice, 3)
+            assert hop.connections == 1 and len(hop.open) == 1
+        # Stopping the gateway closes the session that was waiting.
+        wait_for(lambda: not hop.open, what="the waiting session closed at stop")
+    assert [body.count(b"multipart/encrypted") for _, _, body in hop.handler.received] \
+        == [1, 1, 1]
+
+
+def test_a_session_is_closed_after_its_idle_time_or_its_limit(site: Site) -> None:
+    alice = site.add_user("alice")
+    with NextHop(["250 2.0.0 ok"]) as hop:
+        _peer_hop(site, hop)
+        settings = site.settings(BEEPMAIL_DELIVERY__REUSE_IDLE_TIME="0.3",
+                                 BEEPMAIL_DELIVERY__REUSE_LIMIT="2")
+        with GatewayThread(settings) as gateway:
+            _deliver_in_turn(site, gateway, alice, 1)
+            wait_for(lambda: not hop.open, what="the idle session closed")
+            assert hop.connections == 1
+            # A new session, which carries two messages and no more.
+            _deliver_in_turn(site, gateway, alice, 3, already=1)
+            assert hop.connections == 3
+
+
+def test_without_reuse_every_delivery_has_its_own_session(site: Site) -> None:
+    alice = site.add_user("alice")
+    with NextHop(["250 2.0.0 ok"]) as hop:
+        _peer_hop(site, hop)
+        settings = site.settings(BEEPMAIL_DELIVERY__REUSE_IDLE_TIME="0")
+        with GatewayThread(settings) as gateway:
+            _deliver_in_turn(site, gateway, alice, 2)
+            wait_for(lambda: not hop.open, what="each session closed")
+            assert hop.connections == 2
+
+
+def test_a_session_the_next_hop_dropped_costs_a_reconnect_not_a_deferral(
+    site: Site,
+) -> None:
+    alice = site.add_user("alice")
+    with NextHop(["250 2.0.0 ok"]) as hop:
+        _peer_hop(site, hop)
+        settings = site.settings(BEEPMAIL_DELIVERY__REUSE_IDLE_TIME="30")
+        with GatewayThread(settings) as gateway:
+            _deliver_in_turn(site, gateway, alice, 1)
+            hop.drop()
+            wait_for(lambda: not hop.open, what="the next hop cut the session")
+            _deliver_in_turn(site, gateway, alice, 1, already=1)
+            assert hop.connections == 2
+    # Each message went in its first attempt: none was deferred on the way.
+    db = site.db()
+    try:
+        rows = queue_store.list_rows(db.engine, include_final=True)
+    finally:
+        db.close()
+    assert [row.attempts for row in rows] == [1, 1]

@@ -38,6 +38,7 @@ from beep_mail.pipeline import TRANSFER_HEADER
 from beep_mail.policy.routing import DomainTable
 from beep_mail.smtp.dsn import FailedRecipient, build_dsn
 from beep_mail.smtp.nexthop import NextHop, NextHopError, resolve
+from beep_mail.smtp.reuse import Session, SessionCache, close
 from beep_mail.store import accounts
 from beep_mail.store import queue as queue_store
 from beep_mail.store.engine import Database, StoreError
@@ -109,6 +110,8 @@ class DeliveryAgent:
         self._slots = asyncio.Semaphore(settings.delivery.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._domains: DomainTable | None = None
+        self._sessions = SessionCache(settings.delivery.reuse_idle_time,
+                                      settings.delivery.reuse_limit)
         # Told the recipient after each local delivery: IMAP IDLE wakes on it.
         self.on_local_delivery: Callable[[str], None] = lambda address: None
 
@@ -148,6 +151,7 @@ class DeliveryAgent:
             await asyncio.wait(list(self._tasks), timeout=grace)
         for task in list(self._tasks):
             task.cancel()
+        await self._sessions.close_all()
 
     async def _recover_dead_leases(self) -> None:
         try:
@@ -292,8 +296,29 @@ class DeliveryAgent:
 
     async def _send(self, hop: NextHop, tls_policy: str, rows: list[Claimed],
                     content: bytes) -> dict[int, Outcome]:
-        settings = self.settings.delivery
         relay = f"{hop.host}:{hop.port}"
+        key = (hop.host, hop.port, tls_policy)
+        session = await self._sessions.take(key)
+        if session is None:
+            opened = await self._open(hop, tls_policy, relay)
+            if isinstance(opened, Outcome):
+                return _all(rows, opened)
+            session = Session(opened)
+        kept = False
+        try:
+            outcomes = await self._transaction(session.client, rows, content, relay)
+            kept = self._sessions.keep(key, session)
+            return outcomes
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as error:
+            return _all(rows, _failed(error, relay))
+        finally:
+            if not kept:
+                await close(session.client)
+
+    async def _open(self, hop: NextHop, tls_policy: str,
+                    relay: str) -> aiosmtplib.SMTP | Outcome:
+        """A new session, greeted, secured as the policy says; or why not."""
+        settings = self.settings.delivery
         client = aiosmtplib.SMTP(
             hostname=hop.host, port=hop.port, timeout=settings.timeout,
             local_hostname=self.settings.site.hostname, start_tls=False,
@@ -301,27 +326,16 @@ class DeliveryAgent:
         try:
             await asyncio.wait_for(client.connect(), settings.connect_timeout)
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as error:
-            return _all(rows, Outcome("temporary", "4.4.1",
-                                      f"cannot connect to {relay}: {_why(error)}", relay))
+            return Outcome("temporary", "4.4.1",
+                           f"cannot connect to {relay}: {_why(error)}", relay)
         try:
             failure = await self._secure(client, hop, tls_policy, relay)
-            if failure is not None:
-                return _all(rows, failure)
-            return await self._transaction(client, rows, content, relay)
-        except aiosmtplib.SMTPTimeoutError:
-            return _all(rows, Outcome("temporary", "4.4.2",
-                                      f"{relay} did not answer in time", relay))
-        except aiosmtplib.SMTPResponseException as error:
-            return _all(rows, Outcome.from_smtp(error.code, error.message, relay))
         except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as error:
-            return _all(rows, Outcome("temporary", "4.4.2",
-                                      f"connection to {relay} failed: {_why(error)}",
-                                      relay))
-        finally:
-            try:
-                await asyncio.wait_for(client.quit(), 5)
-            except (TimeoutError, aiosmtplib.SMTPException, OSError):
-                client.close()
+            failure = _failed(error, relay)
+        if failure is None:
+            return client
+        await close(client)
+        return failure
 
     async def _secure(self, client: aiosmtplib.SMTP, hop: NextHop, tls_policy: str,
                       relay: str) -> Outcome | None:
@@ -450,6 +464,16 @@ def _groups(rows: list[Claimed]) -> list[list[Claimed]]:
     for row in rows:
         groups[(row.message_id, row.route, row.domain)].append(row)
     return list(groups.values())
+
+
+def _failed(error: BaseException, relay: str) -> Outcome:
+    """The outcome of a session that broke off with `error`."""
+    if isinstance(error, aiosmtplib.SMTPTimeoutError):
+        return Outcome("temporary", "4.4.2", f"{relay} did not answer in time", relay)
+    if isinstance(error, aiosmtplib.SMTPResponseException):
+        return Outcome.from_smtp(error.code, error.message, relay)
+    return Outcome("temporary", "4.4.2", f"connection to {relay} failed: {_why(error)}",
+                   relay)
 
 
 def _all(rows: Sequence[Claimed], outcome: Outcome) -> dict[int, Outcome]:
