@@ -39,6 +39,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     and_,
+    bindparam,
     case,
     delete,
     func,
@@ -164,12 +165,14 @@ _COLUMNS = (mailboxes.c.id, mailboxes.c.name, mailboxes.c.special_use,
             mailboxes.c.highestmodseq)
 
 
+_NEXT_MODSEQ = (update(mailboxes).where(mailboxes.c.id == bindparam("box"))
+                .values(highestmodseq=mailboxes.c.highestmodseq + 1)
+                .returning(mailboxes.c.highestmodseq))
+
+
 def next_modseq(connection: Connection, mailbox_id: int) -> int:
     """Take the mailbox's next mod-sequence; the row stays locked to the commit."""
-    return int(connection.execute(
-        update(mailboxes).where(mailboxes.c.id == mailbox_id)
-        .values(highestmodseq=mailboxes.c.highestmodseq + 1)
-        .returning(mailboxes.c.highestmodseq)).scalar_one())
+    return int(connection.execute(_NEXT_MODSEQ, {"box": mailbox_id}).scalar_one())
 
 
 # -- pieces of queries ------------------------------------------------------------

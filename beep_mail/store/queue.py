@@ -19,7 +19,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, delete, func, or_, select, update
+from sqlalchemy import Connection, Engine, Select, bindparam, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from beep_mail.store.mailstore import next_modseq
@@ -117,33 +117,40 @@ def accept(connection: Connection, *, message_id: str, direction: str, mail_from
     ])
 
 
+# The statements of every delivery, built once: SQLAlchemy spends more on
+# building a statement than on running it (see docs/performance.md).
+_DUE = (
+    select(queue.c.id)
+    .where(queue.c.state.in_(ACTIVE), queue.c.next_attempt_at <= bindparam("now"),
+           or_(queue.c.lease_until.is_(None), queue.c.lease_until < bindparam("now")))
+    .order_by(queue.c.next_attempt_at)
+    .limit(bindparam("limit"))
+)
+_DUE_UNLOCKED = _DUE.with_for_update(skip_locked=True)  # PostgreSQL: workers share rows
+_LEASE = (
+    update(queue).where(queue.c.id.in_(bindparam("ids", expanding=True)))
+    .values(lease_owner=bindparam("owner"), lease_until=bindparam("until"),
+            attempts=queue.c.attempts + 1, updated_at=bindparam("now"))
+)
+_CLAIMED = (
+    select(queue, messages.c.mail_from, messages.c.direction,
+           messages.c.received_at, messages.c.transfer_id)
+    .join(messages, messages.c.id == queue.c.message_id)
+    .where(queue.c.id.in_(bindparam("ids", expanding=True))).order_by(queue.c.id)
+)
+
+
 def claim(engine: Engine, owner: str, lease: float, limit: int) -> list[Claimed]:
     """Take up to `limit` due rows for `lease` seconds."""
     now = time.time()
-    due = (
-        select(queue.c.id)
-        .where(queue.c.state.in_(ACTIVE), queue.c.next_attempt_at <= now,
-               or_(queue.c.lease_until.is_(None), queue.c.lease_until < now))
-        .order_by(queue.c.next_attempt_at)
-        .limit(limit)
-    )
     with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            due = due.with_for_update(skip_locked=True)
-        ids = list(connection.execute(due).scalars())
+        due = _DUE_UNLOCKED if connection.dialect.name == "postgresql" else _DUE
+        ids = list(connection.execute(due, {"now": now, "limit": limit}).scalars())
         if not ids:
             return []
-        connection.execute(
-            update(queue).where(queue.c.id.in_(ids))
-            .values(lease_owner=owner, lease_until=now + lease,
-                    attempts=queue.c.attempts + 1, updated_at=now)
-        )
-        rows = connection.execute(
-            select(queue, messages.c.mail_from, messages.c.direction,
-                   messages.c.received_at, messages.c.transfer_id)
-            .join(messages, messages.c.id == queue.c.message_id)
-            .where(queue.c.id.in_(ids)).order_by(queue.c.id)
-        ).all()
+        connection.execute(_LEASE, {"ids": ids, "owner": owner, "until": now + lease,
+                                    "now": now})
+        rows = connection.execute(_CLAIMED, {"ids": ids}).all()
     return [
         Claimed(r.id, r.message_id, r.recipient, r.domain, r.route, r.attempts,
                 r.created_at, r.expires_at, r.mail_from, r.direction, r.received_at,
@@ -208,26 +215,29 @@ def load_copies(engine: Engine, message_id: str) -> tuple[bytes | None, bytes | 
             bytes(row[1]) if row[1] is not None else None)
 
 
+# The SET clause comes from the parameters given beside the row and owner.
+_SETTLE = update(queue).where(queue.c.id == bindparam("row"),
+                              queue.c.lease_owner == bindparam("owner"),
+                              queue.c.state.in_(ACTIVE))
+_PENDING = select(func.count(queue.c.id)).where(queue.c.message_id == bindparam("message"),
+                                                queue.c.state.not_in(FINAL))
+_DROP_CONTENT = (update(messages).where(messages.c.id == bindparam("message"))
+                 .values(content=None, local_content=None, held_content=None))
+
+
 def _settle(connection: Connection, row_id: int, owner: str, **values: object) -> bool:
     """Change one leased row in one UPDATE; False if the lease is no longer ours."""
     values.setdefault("updated_at", time.time())
-    result = connection.execute(
-        update(queue).where(queue.c.id == row_id, queue.c.lease_owner == owner,
-                            queue.c.state.in_(ACTIVE))
-        .values(lease_owner=None, lease_until=None, **values)
-    )
+    result = connection.execute(_SETTLE, {"row": row_id, "owner": owner,
+                                          "lease_owner": None, "lease_until": None,
+                                          **values})
     return bool(result.rowcount)
 
 
 def _drop_content_when_done(connection: Connection, message_id: str) -> None:
-    pending = connection.execute(
-        select(func.count(queue.c.id)).where(queue.c.message_id == message_id,
-                                             queue.c.state.not_in(FINAL))
-    ).scalar()
+    pending = connection.execute(_PENDING, {"message": message_id}).scalar()
     if not pending:
-        connection.execute(update(messages).where(messages.c.id == message_id)
-                           .values(content=None, local_content=None,
-                                   held_content=None))
+        connection.execute(_DROP_CONTENT, {"message": message_id})
 
 
 def mark_delivered(engine: Engine, row: Claimed, owner: str, reply: str) -> bool:
@@ -273,36 +283,38 @@ def deliver_local(engine: Engine, row: Claimed, owner: str, content: bytes,
     return True
 
 
+_USER_ID = select(users.c.id).where(users.c.address == bindparam("address"))
+_SEEN = select(mailbox_entries.c.id).where(
+    mailbox_entries.c.user_id == bindparam("user"),
+    mailbox_entries.c.delivery_key == bindparam("key"))
+_INBOX = (select(mailboxes.c.id, mailboxes.c.uidnext)
+          .where(mailboxes.c.user_id == bindparam("user"), mailboxes.c.name == "INBOX")
+          .with_for_update())
+_TAKE_UID = (update(mailboxes).where(mailboxes.c.id == bindparam("box"))
+             .values(uidnext=bindparam("next_uid")))
+_NEW_ENTRY = mailbox_entries.insert()
+
+
 def store_in_inbox(connection: Connection, address: str, content: bytes,
                    delivery_key: str, size: int | None = None) -> bool:
     """Append to INBOX unless this delivery_key is already there (False then)."""
-    user = connection.execute(
-        select(users.c.id).where(users.c.address == address.lower())
-    ).scalar()
+    user = connection.execute(_USER_ID, {"address": address.lower()}).scalar()
     if user is None:
         raise QueueError(f"no local user {address}")
-    seen = connection.execute(
-        select(mailbox_entries.c.id).where(mailbox_entries.c.user_id == user,
-                                           mailbox_entries.c.delivery_key == delivery_key)
-    ).first()
+    seen = connection.execute(_SEEN, {"user": user, "key": delivery_key}).first()
     if seen is not None:
         return False
-    box = connection.execute(
-        select(mailboxes.c.id, mailboxes.c.uidnext)
-        .where(mailboxes.c.user_id == user, mailboxes.c.name == "INBOX")
-        .with_for_update()
-    ).one()
-    connection.execute(update(mailboxes).where(mailboxes.c.id == box.id)
-                       .values(uidnext=box.uidnext + 1))
+    box = connection.execute(_INBOX, {"user": user}).one()
+    connection.execute(_TAKE_UID, {"box": box.id, "next_uid": box.uidnext + 1})
     modseq = next_modseq(connection, box.id)
     try:
         with connection.begin_nested():
-            connection.execute(mailbox_entries.insert().values(
-                mailbox_id=box.id, user_id=user, uid=box.uidnext,
-                internal_date=time.time(),
-                size=len(content) if size is None else size, flags="",
-                delivery_key=delivery_key, content=content, modseq=modseq,
-            ))
+            connection.execute(_NEW_ENTRY, {
+                "mailbox_id": box.id, "user_id": user, "uid": box.uidnext,
+                "internal_date": time.time(),
+                "size": len(content) if size is None else size, "flags": "",
+                "delivery_key": delivery_key, "content": content, "modseq": modseq,
+            })
     except IntegrityError:
         return False
     return True
