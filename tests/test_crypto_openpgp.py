@@ -114,7 +114,7 @@ def literal(data: bytes) -> bytes:
 
 def wrap(inner: bytes, recipient: PublicKey) -> bytes:
     """Encrypt a packet stream of the test's own making, as encrypt() would."""
-    return openpgp._encrypt_packets(inner, [recipient], time.time())
+    return openpgp._encrypt_packets([inner], [recipient], time.time())
 
 
 # -- armour ----------------------------------------------------------------------------

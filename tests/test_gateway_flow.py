@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import aiosmtplib
 import pytest
@@ -243,15 +245,18 @@ def _deliver_in_turn(site: Site, gateway: GatewayThread, sender: str, count: int
                  what=f"{n} delivered")
 
 
-def _peer_hop(site: Site, hop: NextHop) -> None:
-    site.allow(PEER, next_hop=hop.address, tls="required")
-    site.trust(PEER, peer_secret().public)
+@contextmanager
+def _hop_for(site: Site) -> Iterator[tuple[str, NextHop]]:
+    """A sender, and a next hop that takes the peer domain's mail over verified TLS."""
+    alice = site.add_user("alice")
+    with NextHop(["250 2.0.0 ok"]) as hop:
+        site.allow(PEER, next_hop=hop.address, tls="required")
+        site.trust(PEER, peer_secret().public)
+        yield alice, hop
 
 
 def test_a_session_to_the_next_hop_carries_the_next_messages(site: Site) -> None:
-    alice = site.add_user("alice")
-    with NextHop(["250 2.0.0 ok"]) as hop:
-        _peer_hop(site, hop)
+    with _hop_for(site) as (alice, hop):
         settings = site.settings(BEEPMAIL_DELIVERY__REUSE_IDLE_TIME="30")
         with GatewayThread(settings) as gateway:
             _deliver_in_turn(site, gateway, alice, 3)
@@ -263,44 +268,35 @@ def test_a_session_to_the_next_hop_carries_the_next_messages(site: Site) -> None
 
 
 def test_a_session_is_closed_after_its_idle_time_or_its_limit(site: Site) -> None:
-    alice = site.add_user("alice")
-    with NextHop(["250 2.0.0 ok"]) as hop:
-        _peer_hop(site, hop)
-        settings = site.settings(BEEPMAIL_DELIVERY__REUSE_IDLE_TIME="0.3",
-                                 BEEPMAIL_DELIVERY__REUSE_LIMIT="2")
-        with GatewayThread(settings) as gateway:
-            _deliver_in_turn(site, gateway, alice, 1)
-            wait_for(lambda: not hop.open, what="the idle session closed")
-            assert hop.connections == 1
-            # A new session, which carries two messages and no more.
-            _deliver_in_turn(site, gateway, alice, 3, already=1)
-            assert hop.connections == 3
+    settings = site.settings(BEEPMAIL_DELIVERY__REUSE_IDLE_TIME="0.3",
+                             BEEPMAIL_DELIVERY__REUSE_LIMIT="2")
+    with _hop_for(site) as (alice, hop), GatewayThread(settings) as gateway:
+        _deliver_in_turn(site, gateway, alice, 1)
+        wait_for(lambda: not hop.open, what="the idle session closed")
+        assert hop.connections == 1
+        # A new session, which carries two messages and no more.
+        _deliver_in_turn(site, gateway, alice, 3, already=1)
+        assert hop.connections == 3
 
 
 def test_without_reuse_every_delivery_has_its_own_session(site: Site) -> None:
-    alice = site.add_user("alice")
-    with NextHop(["250 2.0.0 ok"]) as hop:
-        _peer_hop(site, hop)
-        settings = site.settings(BEEPMAIL_DELIVERY__REUSE_IDLE_TIME="0")
-        with GatewayThread(settings) as gateway:
-            _deliver_in_turn(site, gateway, alice, 2)
-            wait_for(lambda: not hop.open, what="each session closed")
-            assert hop.connections == 2
+    settings = site.settings(BEEPMAIL_DELIVERY__REUSE_IDLE_TIME="0")
+    with _hop_for(site) as (alice, hop), GatewayThread(settings) as gateway:
+        _deliver_in_turn(site, gateway, alice, 2)
+        wait_for(lambda: not hop.open, what="each session closed")
+        assert hop.connections == 2
 
 
 def test_a_session_the_next_hop_dropped_costs_a_reconnect_not_a_deferral(
     site: Site,
 ) -> None:
-    alice = site.add_user("alice")
-    with NextHop(["250 2.0.0 ok"]) as hop:
-        _peer_hop(site, hop)
-        settings = site.settings(BEEPMAIL_DELIVERY__REUSE_IDLE_TIME="30")
-        with GatewayThread(settings) as gateway:
-            _deliver_in_turn(site, gateway, alice, 1)
-            hop.drop()
-            wait_for(lambda: not hop.open, what="the next hop cut the session")
-            _deliver_in_turn(site, gateway, alice, 1, already=1)
-            assert hop.connections == 2
+    settings = site.settings(BEEPMAIL_DELIVERY__REUSE_IDLE_TIME="30")
+    with _hop_for(site) as (alice, hop), GatewayThread(settings) as gateway:
+        _deliver_in_turn(site, gateway, alice, 1)
+        hop.drop()
+        wait_for(lambda: not hop.open, what="the next hop cut the session")
+        _deliver_in_turn(site, gateway, alice, 1, already=1)
+        assert hop.connections == 2
     # Each message went in its first attempt: none was deferred on the way.
     db = site.db()
     try:

@@ -40,8 +40,6 @@ from beep_mail.cli.common import (
     transaction,
 )
 from beep_mail.config import ConfigError, Settings
-
-# Errors meant for people: their message is shown as it is.
 from beep_mail.crypto.openpgp import OpenPGPError
 from beep_mail.crypto.passwords import PasswordPolicyError
 from beep_mail.keyring import KeyringError
@@ -54,6 +52,7 @@ from beep_mail.store.keys import KeyStoreError
 from beep_mail.store.queue import QueueError
 from beep_mail.vault import VaultError
 
+# Errors meant for people: their message is shown as it is.
 DOMAIN_ERRORS: tuple[type[Exception], ...] = (
     ConfigError,
     StoreError,

@@ -1008,20 +1008,19 @@ def encrypt(data: bytes, recipients: Sequence[PublicKey], *,
     return _armor(binary, "MESSAGE", newline=newline) if armor else binary
 
 
-def _encrypt_packets(inner: bytes | Sequence[bytes], recipients: Sequence[PublicKey],
+def _encrypt_packets(inner: Sequence[bytes], recipients: Sequence[PublicKey],
                      now: float) -> bytes:
     """Session key packets for every recipient, then SEIPD around `inner`.
 
-    `inner` is a packet stream, whole or in pieces (the message is never
-    copied into one); the tests wrap streams of their own making.
+    `inner` is a packet stream in pieces, so that the message is never copied
+    into one; the tests wrap streams of their own making.
     """
     if not recipients:
         raise KeyProblem("a message needs at least one recipient")
     targets = {c.key_id: c for c in (_encryption_component(r, now) for r in recipients)}
     session_key = os.urandom(32)
     packets = [_session_packet(target, session_key) for target in targets.values()]
-    pieces = [inner] if isinstance(inner, bytes) else inner
-    return b"".join([*packets, *_seal_seipd(session_key, pieces)])
+    return b"".join([*packets, *_seal_seipd(session_key, inner)])
 
 
 def _seal_seipd(session_key: bytes, inner: Sequence[bytes]) -> list[bytes]:

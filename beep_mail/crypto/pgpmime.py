@@ -401,11 +401,13 @@ def _with_hp(field: _Field) -> bytes:
 
 
 def _render_encrypted(header: Sequence[bytes], armored: bytes) -> bytes:
-    """Write the multipart/encrypted message of RFC 3156 section 4."""
+    """Write the multipart/encrypted message of RFC 3156 section 4.
+
+    `armored` ends its lines, the last one included, with CRLF.
+    """
     # "=_" never occurs in base64, so no armour line can look like a delimiter.
     boundary = b"=_beepmail_" + secrets.token_hex(16).encode("ascii")
     delimiter = b"--" + boundary + b"\r\n"
-    armor = armored if armored.endswith(b"\r\n") else _canonical(armored).rstrip() + b"\r\n"
     return b"".join(
         [
             *header,
@@ -425,7 +427,7 @@ def _render_encrypted(header: Sequence[bytes], armored: bytes) -> bytes:
             b"Content-Description: OpenPGP encrypted message\r\n",
             b'Content-Disposition: inline; filename="encrypted.asc"\r\n',
             b"\r\n",
-            armor,
+            armored,
             b"--" + boundary + b"--\r\n",
         ]
     )

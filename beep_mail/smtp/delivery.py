@@ -201,14 +201,14 @@ class DeliveryAgent:
         except StoreError as error:
             # The lease runs out and the rows come back; nothing to settle now.
             logs.event(log, "attempt-failed", logging.WARNING, reason=str(error))
-        except Exception as error:
+        except Exception as error:  # an unclassified error is temporary
             log.error("event=attempt-crash conn=- msg=%s error=%s", first.message_id,
                       type(error).__name__, exc_info=error)
             outcome = Outcome("temporary", "4.3.0",
                               f"local error: {type(error).__name__}")
             try:
                 await self._settle(rows, _all(rows, outcome), remote_copy or b"")
-            except Exception:
+            except Exception:  # the lease will bring the rows back
                 log.exception("event=settle-failed msg=%s", first.message_id)
         finally:
             logs.message_id.reset(token)

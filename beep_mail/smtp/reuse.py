@@ -88,9 +88,6 @@ class SessionCache:
         await asyncio.gather(*(close(entry.session.client) for entry in entries),
                              *self._closing)
 
-    def waiting(self, key: Key) -> int:
-        return len(self._waiting.get(key, []))
-
 
 async def close(client: aiosmtplib.SMTP) -> None:
     """QUIT, or drop the connection when the next hop does not answer."""

@@ -126,7 +126,7 @@ _DUE = (
     .order_by(queue.c.next_attempt_at)
     .limit(bindparam("limit"))
 )
-_DUE_UNLOCKED = _DUE.with_for_update(skip_locked=True)  # PostgreSQL: workers share rows
+_DUE_SKIP_LOCKED = _DUE.with_for_update(skip_locked=True)  # PostgreSQL: workers share rows
 _LEASE = (
     update(queue).where(queue.c.id.in_(bindparam("ids", expanding=True)))
     .values(lease_owner=bindparam("owner"), lease_until=bindparam("until"),
@@ -144,7 +144,7 @@ def claim(engine: Engine, owner: str, lease: float, limit: int) -> list[Claimed]
     """Take up to `limit` due rows for `lease` seconds."""
     now = time.time()
     with engine.begin() as connection:
-        due = _DUE_UNLOCKED if connection.dialect.name == "postgresql" else _DUE
+        due = _DUE_SKIP_LOCKED if connection.dialect.name == "postgresql" else _DUE
         ids = list(connection.execute(due, {"now": now, "limit": limit}).scalars())
         if not ids:
             return []
